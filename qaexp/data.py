@@ -1,0 +1,184 @@
+"""Data: load raw examples (Hub, official SQuAD JSON, synthetic) as ``datasets.Dataset``s in
+the HF ``squad`` schema: id, title, context, question, answers{text, answer_start}.
+
+Every source is materialised into the datasets cache (Arrow files with a stable
+fingerprint), so feature building on top of it is cached and reused across runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import datasets
+
+from qaexp.config import DataConfig, DataSource
+from qaexp.errors import QAExpError
+from qaexp.hub import ensure_hub_reachable
+
+log = logging.getLogger(__name__)
+
+SQUAD_FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "title": datasets.Value("string"),
+        "context": datasets.Value("string"),
+        "question": datasets.Value("string"),
+        "answers": {
+            "text": datasets.List(datasets.Value("string")),
+            "answer_start": datasets.List(datasets.Value("int32")),
+        },
+    }
+)
+
+SPLITS = ("train", "validation")
+
+
+def load_raw_datasets(cfg: DataConfig) -> datasets.DatasetDict:
+    """Both splits of the configured source, cut to ``max_*_samples`` (the first N examples)."""
+    if cfg.source == DataSource.hub:
+        raw = _load_hub(cfg)
+    elif cfg.source == DataSource.json:
+        raw = datasets.DatasetDict(
+            {
+                "train": load_squad_json(cfg.train_file, "data.train_file", cfg.cache_dir),
+                "validation": load_squad_json(
+                    cfg.validation_file, "data.validation_file", cfg.cache_dir
+                ),
+            }
+        )
+    else:
+        raw = _load_synthetic(cfg)
+    limits = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples}
+    for split, limit in limits.items():
+        if limit is not None and limit < len(raw[split]):
+            raw[split] = raw[split].select(range(limit))
+    return raw
+
+
+def _load_hub(cfg: DataConfig) -> datasets.DatasetDict:
+    ensure_hub_reachable(f"The dataset data.hub_id={cfg.hub_id}")
+    try:
+        loaded = datasets.load_dataset(cfg.hub_id, cfg.hub_config, cache_dir=cfg.cache_dir)
+    except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise QAExpError(
+            f"Could not load the dataset data.hub_id={cfg.hub_id} from the Hugging Face Hub "
+            f"({type(err).__name__}: {err}). Check the name, or work offline with "
+            "data=squad_json data.train_file=PATH data.validation_file=PATH (official SQuAD "
+            "JSON) or data=synthetic."
+        ) from err
+    missing = [s for s in (cfg.train_split, cfg.validation_split) if s not in loaded]
+    if missing:
+        raise QAExpError(
+            f"The dataset {cfg.hub_id} has no split {missing[0]!r} (it has "
+            f"{sorted(loaded)}); set data.train_split / data.validation_split."
+        )
+    return datasets.DatasetDict(
+        {"train": loaded[cfg.train_split], "validation": loaded[cfg.validation_split]}
+    )
+
+
+def load_squad_json(path: str | None, key: str, cache_dir: str | None = None) -> datasets.Dataset:
+    """An official SQuAD v1.1 JSON file as a flat Dataset (one row per question)."""
+    if not path:
+        raise QAExpError(
+            f"{key} is not set: data=squad_json needs data.train_file=PATH and "
+            "data.validation_file=PATH (official SQuAD v1.1 JSON files)."
+        )
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise QAExpError(
+            f"{key}={path}: no such file ({file}). Point it at an official SQuAD v1.1 JSON "
+            "file, e.g. dev-v1.1.json."
+        )
+    stat = file.stat()
+    try:
+        return datasets.Dataset.from_generator(
+            _iter_squad_json,
+            features=SQUAD_FEATURES,
+            cache_dir=cache_dir,
+            # The file's identity and state are part of the cache key, so an edited file is
+            # re-read while an unchanged one is reused.
+            gen_kwargs={"path": str(file), "stamp": f"{stat.st_size}-{stat.st_mtime_ns}"},
+        )
+    except datasets.exceptions.DatasetGenerationError as err:
+        if isinstance(err.__cause__, QAExpError):
+            raise err.__cause__ from None
+        raise
+
+
+def _iter_squad_json(path: str, stamp: str) -> Iterator[dict]:
+    del stamp  # only part of the cache key
+    try:
+        with open(path, encoding="utf-8") as fh:
+            document = json.load(fh)
+    except json.JSONDecodeError as err:
+        raise QAExpError(
+            f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})."
+        ) from err
+    except UnicodeDecodeError as err:
+        raise QAExpError(f"{path} is not UTF-8 text ({err}).") from err
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        raise QAExpError(
+            f'{path} is not official SQuAD JSON: expected {{"version": ..., "data": [...]}} '
+            "at the top level."
+        )
+    for a, article in enumerate(document["data"]):
+        for p, paragraph in enumerate(_field(article, "paragraphs", path, f"data[{a}]")):
+            where = f"data[{a}].paragraphs[{p}]"
+            context = _field(paragraph, "context", path, where)
+            for q, qa in enumerate(_field(paragraph, "qas", path, where)):
+                yield _squad_record(
+                    qa, article.get("title", ""), context, path, f"{where}.qas[{q}]"
+                )
+
+
+def _field(record: object, name: str, path: str, where: str):
+    if not isinstance(record, dict) or name not in record:
+        raise QAExpError(f"{path}: the record at {where} has no field {name!r}.")
+    return record[name]
+
+
+def _squad_record(qa: dict, title: str, context: str, path: str, where: str) -> dict:
+    try:
+        answers = qa.get("answers", [])
+        return {
+            "id": str(_field(qa, "id", path, where)),
+            "title": title,
+            "context": context,
+            "question": _field(qa, "question", path, where),
+            "answers": {
+                "text": [a["text"] for a in answers],
+                "answer_start": [int(a["answer_start"]) for a in answers],
+            },
+        }
+    except (KeyError, TypeError, ValueError) as err:
+        raise QAExpError(
+            f"{path}: the question at {where} has a malformed answer ({type(err).__name__}: "
+            f"{err}); each answer needs 'text' and an integer 'answer_start'."
+        ) from err
+
+
+def _load_synthetic(cfg: DataConfig) -> datasets.DatasetDict:
+    from qaexp.synthetic import iter_examples
+
+    syn = cfg.synthetic
+    sizes = {"train": syn.train_size, "validation": syn.eval_size}
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_generator(
+                iter_examples,
+                features=SQUAD_FEATURES,
+                cache_dir=cfg.cache_dir,
+                gen_kwargs={
+                    "num_examples": sizes[split],
+                    "seed": syn.seed,
+                    "split": split,
+                    "long_context_fraction": syn.long_context_fraction,
+                },
+            )
+            for split in SPLITS
+        }
+    )

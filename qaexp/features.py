@@ -1,0 +1,208 @@
+"""Features: window SQuAD examples into model inputs (sliding windows over long contexts).
+
+Both builders work on a batch of examples in the HF ``squad`` schema and are meant for
+``Dataset.map(fn, batched=True, fn_kwargs={"tokenizer": ..., "max_length": ..., "stride": ...})``.
+
+Semantics (those of the BERT/SQuAD recipe): the question is stripped of surrounding
+whitespace; only the context is truncated; a context longer than one window overflows into
+further windows that share ``stride`` tokens; the tokenizer's padding side is honoured and
+models without ``token_type_ids`` (RoBERTa, DistilBERT) work, because the context is found
+through the tokenizer's sequence ids rather than token types.
+
+Windows are not padded unless ``pad_to_max_length=True`` (the seed's behaviour): batches are
+padded by the collator, which keeps training on real tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import datasets
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+_NOT_CONTEXT = -1
+
+
+def _tokenize(
+    examples: dict[str, list],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    stride: int,
+    pad_to_max_length: bool,
+) -> Any:
+    """Tokenize question/context pairs into overflowing windows, padded to one width."""
+    question_first = tokenizer.padding_side == "right"
+    questions = [q.strip() for q in examples["question"]]
+    contexts = examples["context"]
+    return tokenizer(
+        questions if question_first else contexts,
+        contexts if question_first else questions,
+        max_length=max_length,
+        truncation="only_second" if question_first else "only_first",
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        # Pad to the batch's longest window so the label maths below is one array op;
+        # the padding is stripped again before the features are stored.
+        padding="max_length" if pad_to_max_length else "longest",
+        return_tensors="np",
+    )
+
+
+def _context_sequence_index(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Which of the two sequences (0 or 1) holds the context (1 unless padding is on the left)."""
+    return 1 if tokenizer.padding_side == "right" else 0
+
+
+def _context_mask(encoded: Any, context_index: int) -> np.ndarray:
+    """(windows, width) bool: True where a token belongs to the context."""
+    # sequence_ids holds None for special and padding tokens; float conversion maps None to
+    # NaN in C, which keeps this free of per-token Python work.
+    seq = np.array([enc.sequence_ids for enc in encoded.encodings], dtype=np.float32)
+    return seq == context_index
+
+
+def _unpad(encoded: Any, keep: list[str], pad_to_max_length: bool, padding_side: str) -> dict:
+    """Turn the padded (windows, width) arrays back into per-window lists of real tokens."""
+    out: dict[str, list] = {}
+    lengths = encoded["attention_mask"].sum(axis=1)
+    for key in keep:
+        if key not in encoded:
+            continue
+        array = encoded[key]
+        if pad_to_max_length:
+            out[key] = array.tolist()
+        elif padding_side == "right":
+            out[key] = [row[:n].tolist() for row, n in zip(array, lengths, strict=True)]
+        else:
+            out[key] = [row[len(row) - n :].tolist() for row, n in zip(array, lengths, strict=True)]
+    return out
+
+
+_MODEL_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def answer_token_positions(
+    offsets: np.ndarray, context_mask: np.ndarray, start_char: np.ndarray, end_char: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token labels for each window: first and last answer token, or (0, 0) when the answer
+    does not lie wholly inside the window's context.
+
+    offsets (W, L, 2), context_mask (W, L), start_char/end_char (W,) with end exclusive.
+    Offsets of context tokens increase along the window, so "the last token starting at or
+    before the answer start" is a count of such tokens, and likewise for the end.
+    """
+    width = context_mask.shape[1]
+    has_context = context_mask.any(axis=1)
+    first = np.argmax(context_mask, axis=1)
+    last = width - 1 - np.argmax(context_mask[:, ::-1], axis=1)
+    rows = np.arange(len(offsets))
+    window_start_char = offsets[rows, first, 0]
+    window_end_char = offsets[rows, last, 1]
+    inside = has_context & (window_start_char <= start_char) & (window_end_char >= end_char)
+
+    starts_before = context_mask & (offsets[:, :, 0] <= start_char[:, None])
+    ends_after = context_mask & (offsets[:, :, 1] >= end_char[:, None])
+    start_token = first + starts_before.sum(axis=1) - 1
+    end_token = last - ends_after.sum(axis=1) + 1
+    return np.where(inside, start_token, 0), np.where(inside, end_token, 0)
+
+
+def prepare_train_features(
+    examples: dict[str, list],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    stride: int,
+    pad_to_max_length: bool = False,
+) -> dict[str, list]:
+    """Windows with ``start_positions``/``end_positions`` labels (the first answer of each
+    example; (0, 0) for windows that do not contain the whole answer)."""
+    encoded = _tokenize(examples, tokenizer, max_length, stride, pad_to_max_length)
+    example_index = np.asarray(encoded["overflow_to_sample_mapping"])
+    answer_start = np.array([a["answer_start"][0] for a in examples["answers"]], dtype=np.int64)
+    answer_length = np.array([len(a["text"][0]) for a in examples["answers"]], dtype=np.int64)
+    start_char = answer_start[example_index]
+    end_char = start_char + answer_length[example_index]
+
+    mask = _context_mask(encoded, _context_sequence_index(tokenizer))
+    starts, ends = answer_token_positions(encoded["offset_mapping"], mask, start_char, end_char)
+    features = _unpad(encoded, _MODEL_INPUTS, pad_to_max_length, tokenizer.padding_side)
+    features["start_positions"] = starts.tolist()
+    features["end_positions"] = ends.tolist()
+    return features
+
+
+def prepare_eval_features(
+    examples: dict[str, list],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    stride: int,
+    pad_to_max_length: bool = False,
+) -> dict[str, list]:
+    """Windows with ``example_id`` and ``offset_mapping`` (``None`` for every token that is
+    not part of the context, so post-processing can never pick it)."""
+    encoded = _tokenize(examples, tokenizer, max_length, stride, pad_to_max_length)
+    example_index = np.asarray(encoded["overflow_to_sample_mapping"])
+    mask = _context_mask(encoded, _context_sequence_index(tokenizer))
+    features = _unpad(encoded, _MODEL_INPUTS, pad_to_max_length, tokenizer.padding_side)
+
+    lengths = encoded["attention_mask"].sum(axis=1)
+    width = mask.shape[1]
+    offset_rows = encoded["offset_mapping"].tolist()
+    offsets = []
+    for row, row_mask, n in zip(offset_rows, mask.tolist(), lengths.tolist(), strict=True):
+        lo, hi = (0, width) if pad_to_max_length else _real_span(tokenizer, width, n)
+        offsets.append([o if m else None for o, m in zip(row[lo:hi], row_mask[lo:hi], strict=True)])
+    features["offset_mapping"] = offsets
+    ids = examples["id"]
+    features["example_id"] = [ids[i] for i in example_index.tolist()]
+    return features
+
+
+def _real_span(tokenizer: PreTrainedTokenizerBase, width: int, length: int) -> tuple[int, int]:
+    return (0, length) if tokenizer.padding_side == "right" else (width - length, width)
+
+
+# Bump when the builders' output changes, so cached features from older code are not reused.
+FEATURES_VERSION = 1
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A stable hash of everything in the tokenizer that changes its output."""
+    from datasets.fingerprint import Hasher
+
+    return Hasher.hash(
+        [tokenizer.backend_tokenizer.to_str(), tokenizer.padding_side, tokenizer.truncation_side]
+    )
+
+
+def build_features(
+    examples: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    stride: int,
+    train: bool,
+    num_proc: int | None = None,
+) -> datasets.Dataset:
+    """Train or eval windows of a whole dataset, cached by the datasets library.
+
+    The cache key is the examples' fingerprint plus the tokenizer, max_length and stride, so
+    any run or sweep job with the same settings reuses the windows instead of rebuilding.
+    """
+    from datasets.fingerprint import Hasher
+
+    builder = prepare_train_features if train else prepare_eval_features
+    fingerprint = Hasher.hash(
+        [examples._fingerprint, builder.__name__, tokenizer_fingerprint(tokenizer),
+         max_length, stride, FEATURES_VERSION]
+    )  # fmt: skip
+    return examples.map(
+        builder,
+        batched=True,
+        remove_columns=examples.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "stride": stride},
+        new_fingerprint=fingerprint,
+        num_proc=num_proc,
+        desc=f"Building {'train' if train else 'eval'} features",
+    )

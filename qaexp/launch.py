@@ -1,0 +1,66 @@
+"""Launch: decide devices and precision, and build the Accelerator that owns them.
+
+Everything about where the run executes is resolved here, so growing from one process to
+several workers changes this module only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from accelerate import Accelerator
+
+from qaexp.config import Device, HardwareConfig, MixedPrecision
+from qaexp.errors import QAExpError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(cfg: HardwareConfig) -> str:
+    """'cpu' or 'gpu'; hardware.device=gpu without a visible CUDA device is an error."""
+    cuda = torch.cuda.is_available()
+    if cfg.device == Device.gpu and not cuda:
+        raise QAExpError(
+            "hardware=gpu (hardware.device=gpu) but no CUDA device is visible to PyTorch "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). Use "
+            "hardware=cpu, or hardware=auto to pick the GPU only when there is one."
+        )
+    if cfg.device == Device.auto:
+        return "gpu" if cuda else "cpu"
+    return cfg.device.value
+
+
+def resolve_mixed_precision(cfg: HardwareConfig, device: str) -> str:
+    """'no', 'fp16' or 'bf16' for the device; an impossible request is an error."""
+    wanted = cfg.mixed_precision
+    if wanted == MixedPrecision.auto:
+        if device == "cpu":
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device == "cpu" and wanted == MixedPrecision.fp16:
+        raise QAExpError(
+            "hardware.mixed_precision=fp16 is not available on the CPU (fp16 autocast and loss "
+            "scaling need a GPU). Use hardware.mixed_precision=no, or bf16 on a CPU that "
+            "supports it, or run on a GPU (hardware=gpu)."
+        )
+    if device == "gpu" and wanted == MixedPrecision.bf16 and not torch.cuda.is_bf16_supported():
+        raise QAExpError(
+            f"hardware.mixed_precision=bf16 but this GPU ({torch.cuda.get_device_name()}) does "
+            "not support bfloat16; use hardware.mixed_precision=fp16."
+        )
+    return wanted.value
+
+
+def make_accelerator(cfg: HardwareConfig, gradient_accumulation_steps: int) -> Accelerator:
+    device = resolve_device(cfg)
+    precision = resolve_mixed_precision(cfg, device)
+    if device == "gpu" and cfg.tf32:
+        # TF32 tensor cores for fp32 matmuls (Ampere+): ~same accuracy, several times faster.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Accelerator(
+        cpu=device == "cpu",
+        mixed_precision=precision,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )

@@ -1,0 +1,174 @@
+"""The run directory contract: metrics.jsonl, predictions.json, summary.json, checkpoint/.
+
+Files are written atomically (a temporary file renamed into place), so a crash never leaves
+a half-written result behind; metrics.jsonl gains one complete line per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+PREDICTIONS_FILE = "predictions.json"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoint"
+
+TRACKED_PACKAGES = (
+    "qaexp", "torch", "transformers", "datasets", "accelerate", "hydra-core", "omegaconf",
+    "tokenizers", "numpy", "wandb",
+)  # fmt: skip
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, ensure_ascii=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def replace_dir_atomic(staged: Path, target: Path) -> None:
+    """Move a fully written folder into place, replacing any previous one."""
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staged, target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def git_commit() -> str | None:
+    """The qaexp source checkout's commit (with '-dirty' when modified), if it is one."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+class RunRecorder:
+    """Writes the run directory from the main process: one line per epoch, the latest
+    predictions, the best checkpoint, and the summary at the end."""
+
+    def __init__(self, run_dir: Path, accelerator: Any, config: dict, counts: dict[str, int]):
+        self.run_dir = Path(run_dir)
+        self.accelerator = accelerator
+        self.is_main = accelerator.is_main_process
+        self.config = config
+        self.counts = counts
+        self.history: list[dict] = []
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def best(self) -> dict | None:
+        return max(self.history, key=lambda r: r["f1"], default=None)
+
+    def record_epoch(
+        self, epoch: int, step: int, stats: Any, result: Any, model: Any, tokenizer: Any,
+        save_checkpoint: bool,
+    ) -> None:  # fmt: skip
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": stats.loss,
+            "exact_match": result.exact_match,
+            "f1": result.f1,
+            "train_seconds": stats.seconds,
+            "train_samples_per_second": stats.features / stats.seconds if stats.seconds else None,
+            "train_tokens_per_second": stats.tokens / stats.seconds if stats.seconds else None,
+            "eval_seconds": result.seconds,
+            "eval_samples_per_second": result.features_per_second,
+        }
+        improved = self.best is None or record["f1"] > self.best["f1"]
+        self.history.append(record)
+        if save_checkpoint and improved:
+            self.save_checkpoint(model, tokenizer)
+        if self.is_main:
+            write_json_atomic(self.run_dir / PREDICTIONS_FILE, result.predictions)
+            append_jsonl(self.run_dir / METRICS_FILE, record)
+
+    def save_checkpoint(self, model: Any, tokenizer: Any) -> None:
+        """model + tokenizer as a plain save_pretrained folder, swapped in whole."""
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            staged = self.run_dir / f".{CHECKPOINT_DIR}.tmp"
+            if staged.exists():
+                shutil.rmtree(staged)
+            self.accelerator.unwrap_model(model).save_pretrained(
+                staged, save_function=self.accelerator.save
+            )
+            tokenizer.save_pretrained(staged)
+            replace_dir_atomic(staged, self.run_dir / CHECKPOINT_DIR)
+        self.accelerator.wait_for_everyone()
+
+    def finish(self, wall_seconds: float, status: str = "completed") -> dict:
+        best, final = self.best, (self.history[-1] if self.history else None)
+        summary = {
+            "status": status,
+            "best_epoch": best["epoch"] if best else None,
+            "best_exact_match": best["exact_match"] if best else None,
+            "best_f1": best["f1"] if best else None,
+            "final_exact_match": final["exact_match"] if final else None,
+            "final_f1": final["f1"] if final else None,
+            "epochs": len(self.history),
+            **self.counts,
+            "train_seconds": sum(r["train_seconds"] for r in self.history),
+            "wall_seconds": wall_seconds,
+            "num_processes": self.accelerator.num_processes,
+            "mixed_precision": self.accelerator.mixed_precision,
+            "device": str(self.accelerator.device),
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+            "config": self.config,
+        }
+        if self.is_main:
+            write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
+        return summary

@@ -1,0 +1,181 @@
+"""Training: the Accelerate loop. Optimise for an epoch, evaluate EM/F1, record, repeat."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, get_scheduler
+from transformers.trainer_pt_utils import get_parameter_names
+
+from qaexp.batching import make_eval_loader, make_train_loader
+from qaexp.config import OptimizerConfig, QAExpConfig
+from qaexp.data import load_raw_datasets
+from qaexp.errors import QAExpError
+from qaexp.evaluation import evaluate
+from qaexp.features import build_features
+from qaexp.launch import make_accelerator
+from qaexp.modeling import load_model, load_tokenizer
+from qaexp.rundir import RunRecorder
+from qaexp.validation import validate_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    steps: int
+    seconds: float
+    features: int
+    tokens: int
+
+
+def make_optimizer(
+    model: torch.nn.Module, cfg: OptimizerConfig, fused: bool
+) -> torch.optim.Optimizer:
+    """AdamW; weight decay applies to weight matrices, never to biases or LayerNorm weights."""
+    if cfg.name != "adamw":
+        raise QAExpError(f"optimizer.name={cfg.name}: only 'adamw' is available.")
+    decay = set(get_parameter_names(model, [torch.nn.LayerNorm]))
+    decay = {n for n in decay if not n.endswith("bias")}
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in params if n in decay], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **({"fused": True} if fused else {})
+    )
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    accelerator: Accelerator,
+    cfg: QAExpConfig,
+    epoch: int,
+) -> EpochStats:
+    model.train()
+    loss_sum = torch.zeros((), device=accelerator.device)
+    batches = steps = features = tokens = 0
+    began = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process)
+    for batch in bar:
+        with accelerator.accumulate(model):
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.optimizer.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.optimizer.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach()
+        batches += 1
+        features += batch["input_ids"].shape[0]
+        tokens += int(batch["attention_mask"].sum())
+        if accelerator.sync_gradients:
+            steps += 1
+            if steps % cfg.trainer.log_every_n_steps == 0:
+                bar.set_postfix(
+                    loss=f"{loss_sum.item() / batches:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
+                )
+    seconds = time.perf_counter() - began
+    mean_loss = accelerator.reduce(loss_sum / max(batches, 1), reduction="mean").item()
+    counts = accelerator.reduce(torch.tensor([features, tokens], device=accelerator.device), "sum")
+    return EpochStats(mean_loss, steps, seconds, int(counts[0]), int(counts[1]))
+
+
+def _build_features(
+    raw: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, cfg: QAExpConfig
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    kwargs = {"max_length": cfg.max_length, "stride": cfg.stride, "num_proc": cfg.data.num_proc}
+    train = build_features(raw["train"], tokenizer, train=True, **kwargs)
+    evaluation = build_features(raw["validation"], tokenizer, train=False, **kwargs)
+    return train, evaluation
+
+
+def train(cfg: QAExpConfig, run_dir: Path) -> dict:
+    """Fine-tune and evaluate after every epoch; return the run summary (best F1 first)."""
+    run_began = time.time()
+    set_seed(cfg.seed)
+    accelerator = make_accelerator(cfg.hardware, cfg.trainer.gradient_accumulation_steps)
+    tokenizer = load_tokenizer(cfg.model)
+    raw = load_raw_datasets(cfg.data)
+    validate_config(cfg, tokenizer, raw)
+    with accelerator.main_process_first():
+        train_features, eval_features = _build_features(raw, tokenizer, cfg)
+    model = load_model(cfg.model)
+
+    on_gpu = accelerator.device.type == "cuda"
+    loader_kwargs = {"num_workers": cfg.hardware.dataloader_workers, "pin_memory": on_gpu}
+    train_loader = make_train_loader(
+        train_features, tokenizer, cfg.trainer, cfg.max_length, cfg.seed, **loader_kwargs
+    )
+    eval_loader = make_eval_loader(
+        eval_features, tokenizer, cfg.trainer, cfg.max_length, **loader_kwargs
+    )
+    optimizer = make_optimizer(model, cfg.optimizer, fused=on_gpu)
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.trainer.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * cfg.trainer.epochs
+    scheduler = get_scheduler(
+        cfg.optimizer.scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=int(cfg.optimizer.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader, scheduler
+    )
+    recorder = RunRecorder(
+        run_dir,
+        accelerator,
+        config=OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
+        counts={
+            "train_examples": len(raw["train"]),
+            "train_features": len(train_features),
+            "eval_examples": len(raw["validation"]),
+            "eval_features": len(eval_features),
+        },
+    )
+    log.info(
+        "Training %s on %d windows (%d examples), evaluating on %d windows (%d examples): "
+        "%d epochs x %d optimizer steps, %s, precision %s, %d process(es)",
+        cfg.model.name_or_path, len(train_features), len(raw["train"]), len(eval_features),
+        len(raw["validation"]), cfg.trainer.epochs, steps_per_epoch, accelerator.device,
+        accelerator.mixed_precision, accelerator.num_processes,
+    )  # fmt: skip
+
+    references = {
+        ex_id: a["text"]
+        for ex_id, a in zip(raw["validation"]["id"], raw["validation"]["answers"], strict=True)
+    }
+    global_step = 0
+    for epoch in range(1, cfg.trainer.epochs + 1):
+        stats = train_one_epoch(model, train_loader, optimizer, scheduler, accelerator, cfg, epoch)
+        global_step += stats.steps
+        result = evaluate(
+            model, eval_loader, accelerator, raw["validation"], eval_features, references,
+            width=cfg.max_length, n_best=cfg.n_best, max_answer_length=cfg.max_answer_length,
+        )  # fmt: skip
+        log.info(
+            "epoch %d: loss %.4f  EM %.2f  F1 %.2f  (train %.0fs, %.1f windows/s; eval %.1fs)",
+            epoch, stats.loss, result.exact_match, result.f1, stats.seconds,
+            stats.features / stats.seconds, result.seconds,
+        )  # fmt: skip
+        recorder.record_epoch(
+            epoch, global_step, stats, result, model, tokenizer, cfg.trainer.save_checkpoint
+        )
+    return recorder.finish(wall_seconds=time.time() - run_began)

@@ -1,0 +1,83 @@
+"""Validation: check the config against the tokenizer and the data before any compute."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from qaexp.config import QAExpConfig
+from qaexp.errors import QAExpError
+
+POSITIVE_KEYS = (
+    "max_length", "stride", "n_best", "max_answer_length", "trainer.epochs",
+    "trainer.train_batch_size", "trainer.eval_batch_size",
+    "trainer.gradient_accumulation_steps", "trainer.pad_to_multiple_of",
+    "hardware.num_processes",
+)  # fmt: skip
+
+
+def _get(cfg: QAExpConfig, dotted: str):
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate_settings(cfg: QAExpConfig) -> None:
+    """Checks that need only the config."""
+    for key in POSITIVE_KEYS:
+        value = _get(cfg, key)
+        if value < 1 and not (key == "trainer.epochs" and value == 0):
+            raise QAExpError(f"{key}={value}: must be a positive integer.")
+    if cfg.optimizer.lr <= 0:
+        raise QAExpError(f"optimizer.lr={cfg.optimizer.lr}: must be positive.")
+    if not 0 <= cfg.optimizer.warmup_ratio < 1:
+        raise QAExpError(f"optimizer.warmup_ratio={cfg.optimizer.warmup_ratio}: must be in [0, 1).")
+    for key in ("data.max_train_samples", "data.max_eval_samples"):
+        value = _get(cfg, key)
+        if value is not None and value < 1:
+            raise QAExpError(f"{key}={value}: must be a positive number of examples, or null.")
+
+
+def validate_windows(
+    cfg: QAExpConfig, tokenizer: PreTrainedTokenizerBase, raw: datasets.DatasetDict
+) -> None:
+    """The longest question must leave room for context, and the stride must be smaller
+    than that room (the tokenizer cannot slide a window otherwise)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if limit is not None and limit < 100_000 and cfg.max_length > limit:
+        raise QAExpError(
+            f"max_length={cfg.max_length} is longer than the model accepts ({limit} tokens, "
+            f"its position embeddings); use max_length={limit} or less."
+        )
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    for split, examples in raw.items():
+        if len(examples) == 0:
+            raise QAExpError(f"The {split} split has no examples; check the data settings.")
+        questions = [q.strip() for q in examples["question"]]
+        lengths = np.array(
+            [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
+        )
+        room = cfg.max_length - specials - int(lengths.max())
+        if room < 1:
+            too_long = int((lengths + specials >= cfg.max_length).sum())
+            raise QAExpError(
+                f"max_length={cfg.max_length} leaves no room for context: {too_long} {split} "
+                f"question(s) take {int(lengths.max())} tokens or more (plus {specials} special "
+                "tokens). Raise max_length or drop those questions."
+            )
+        if cfg.stride >= room:
+            raise QAExpError(
+                f"stride={cfg.stride} must be smaller than the room left for context in a "
+                f"window: max_length={cfg.max_length} minus the longest {split} question "
+                f"({int(lengths.max())} tokens) minus {specials} special tokens = {room}. Use "
+                f"stride={max(room // 2, 1)} or raise max_length."
+            )
+
+
+def validate_config(
+    cfg: QAExpConfig, tokenizer: PreTrainedTokenizerBase, raw: datasets.DatasetDict
+) -> None:
+    validate_settings(cfg)
+    validate_windows(cfg, tokenizer, raw)
