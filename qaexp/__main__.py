@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from importlib.resources import files
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from qaexp.config import QAExpConfig, register_configs
@@ -17,6 +19,12 @@ from qaexp.errors import QAExpError
 log = logging.getLogger("qaexp")
 
 register_configs()
+
+
+def config_dir() -> str:
+    """The conf/ folder: the source checkout's own when run from one, else the packaged copy."""
+    source = Path(__file__).resolve().parent.parent / "conf"
+    return str(source) if (source / "config.yaml").is_file() else str(files("qaexp.conf"))
 
 
 def run(cfg: DictConfig) -> float:
@@ -33,12 +41,24 @@ def run(cfg: DictConfig) -> float:
     return summary["best_f1"] or 0.0
 
 
-@hydra.main(version_base="1.3", config_path=str(files("qaexp.conf")), config_name="config")
+def discard_unfinished_run_dir(run_dir: Path) -> None:
+    """Remove a run directory that holds nothing but Hydra's own files (the job failed before
+    writing any result), so bad input leaves no half-made run behind."""
+    hydra_owned = {".hydra", "qaexp.log"}
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_owned:
+        shutil.rmtree(run_dir)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
         return run(cfg)
     except QAExpError as err:
         log.error("%s", err)
+        hydra_cfg = HydraConfig.get()
+        discard_unfinished_run_dir(Path(hydra_cfg.runtime.output_dir))
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failed job and runs the others
         sys.exit(2)
 
 

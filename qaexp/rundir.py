@@ -7,6 +7,7 @@ a half-written result behind; metrics.jsonl gains one complete line per epoch.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -118,7 +119,7 @@ class RunRecorder:
         record = {
             "epoch": epoch,
             "step": step,
-            "train_loss": stats.loss,
+            "train_loss": stats.loss if math.isfinite(stats.loss) else None,
             "exact_match": result.exact_match,
             "f1": result.f1,
             "train_seconds": stats.seconds,

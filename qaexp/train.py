@@ -163,8 +163,14 @@ def train(cfg: QAExpConfig, run_dir: Path) -> dict:
         for ex_id, a in zip(raw["validation"]["id"], raw["validation"]["answers"], strict=True)
     }
     global_step = 0
-    for epoch in range(1, cfg.trainer.epochs + 1):
-        stats = train_one_epoch(model, train_loader, optimizer, scheduler, accelerator, cfg, epoch)
+    # trainer.epochs=0 evaluates the checkpoint as it is (recorded as epoch 0).
+    for epoch in range(1, cfg.trainer.epochs + 1) if cfg.trainer.epochs else [0]:
+        if epoch:
+            stats = train_one_epoch(
+                model, train_loader, optimizer, scheduler, accelerator, cfg, epoch
+            )
+        else:
+            stats = EpochStats(loss=float("nan"), steps=0, seconds=0.0, features=0, tokens=0)
         global_step += stats.steps
         result = evaluate(
             model, eval_loader, accelerator, raw["validation"], eval_features, references,
@@ -173,7 +179,7 @@ def train(cfg: QAExpConfig, run_dir: Path) -> dict:
         log.info(
             "epoch %d: loss %.4f  EM %.2f  F1 %.2f  (train %.0fs, %.1f windows/s; eval %.1fs)",
             epoch, stats.loss, result.exact_match, result.f1, stats.seconds,
-            stats.features / stats.seconds, result.seconds,
+            stats.features / max(stats.seconds, 1e-9), result.seconds,
         )  # fmt: skip
         recorder.record_epoch(
             epoch, global_step, stats, result, model, tokenizer, cfg.trainer.save_checkpoint

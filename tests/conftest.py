@@ -1,0 +1,89 @@
+"""Shared fixtures: the embedded tokenizer, the SQuAD folder, Hydra composition, and a runner
+for `python -m qaexp` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SQUAD_DIR = REPO.parent / "shared" / "data" / "squad"
+CONF_DIR = REPO / "conf"
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from qaexp.config import embedded_model_path
+
+    return AutoTokenizer.from_pretrained(embedded_model_path())
+
+
+@pytest.fixture(scope="session")
+def squad_dir() -> Path:
+    if not (SQUAD_DIR / "dev-v1.1.json").is_file():
+        pytest.skip(f"SQuAD JSON not found in {SQUAD_DIR}")
+    return SQUAD_DIR
+
+
+@pytest.fixture(scope="session")
+def squad_dev(squad_dir):
+    from qaexp.data import load_squad_json
+
+    return load_squad_json(str(squad_dir / "dev-v1.1.json"), "data.validation_file")
+
+
+@pytest.fixture(scope="session")
+def squad_train(squad_dir):
+    from qaexp.data import load_squad_json
+
+    return load_squad_json(str(squad_dir / "train-v1.1.reconstructed.json"), "data.train_file")
+
+
+def compose(overrides: list[str]):
+    """The job config for `overrides`, composed as `python -m qaexp` would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from qaexp.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=False)
+
+
+def run_qaexp(args: list[str], cwd: Path, timeout: int = 600, module: str = "qaexp"):
+    """Run `python -m <module> args` in a subprocess; returns the CompletedProcess."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("WANDB_API_KEY", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+TINY_RUN = [
+    "model=tiny",
+    "data=synthetic",
+    "data.synthetic.train_size=120",
+    "data.synthetic.eval_size=40",
+    "hardware=cpu",
+    "max_length=128",
+    "stride=32",
+    "trainer.epochs=2",
+    "trainer.train_batch_size=16",
+]
