@@ -4,8 +4,8 @@ at start naming the key."""
 from __future__ import annotations
 
 import pytest
-from omegaconf import OmegaConf
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from qaexp.config import QAExpConfig
 from tests.conftest import CONF_DIR, compose, run_qaexp

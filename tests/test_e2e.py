@@ -51,8 +51,8 @@ def test_run_dir_contract(tiny_run):
 
 
 def test_predictions_score_to_the_logged_metrics(tiny_run):
-    from qaexp.data import load_raw_datasets
     from qaexp.config import DataConfig, DataSource, SyntheticConfig
+    from qaexp.data import load_raw_datasets
 
     run_dir, _ = tiny_run
     predictions = json.loads((run_dir / "predictions.json").read_text())
@@ -81,7 +81,7 @@ def test_checkpoint_is_a_plain_transformers_folder(tiny_run):
 
 
 def test_log_reports_each_epoch(tiny_run):
-    run_dir, result = tiny_run
+    run_dir, _result = tiny_run
     log = (run_dir / "qaexp.log").read_text()
     assert "epoch 1:" in log and "epoch 2:" in log and "F1" in log
 
