@@ -44,16 +44,17 @@ def predict_logits(
         for batch in bar:
             index = batch.pop(FEATURE_INDEX)
             out = model(**batch)
+            # (batch, width, 2): the batch dimension first, as gathering concatenates on it.
+            logits = torch.stack([out.start_logits, out.end_logits], dim=-1).float()
             # Batches differ in width across processes: pad before gathering.
-            logits = torch.stack([out.start_logits, out.end_logits]).float()
-            logits = accelerator.pad_across_processes(logits, dim=2, pad_index=float("-inf"))
+            logits = accelerator.pad_across_processes(logits, dim=1, pad_index=float("-inf"))
             # gather_for_metrics drops the rows the sampler repeated to even out the last batch.
             logits, index = accelerator.gather_for_metrics((logits, index))
             index = index.cpu().numpy()
             logits = logits.cpu().numpy()
-            w = min(logits.shape[2], width)
-            start[index, :w] = logits[0, :, :w]
-            end[index, :w] = logits[1, :, :w]
+            w = min(logits.shape[1], width)
+            start[index, :w] = logits[:, :w, 0]
+            end[index, :w] = logits[:, :w, 1]
             np.add.at(seen, index, 1)
     if not (seen == 1).all():
         missing, repeated = int((seen == 0).sum()), int((seen > 1).sum())
