@@ -115,7 +115,7 @@ class RunRecorder:
     def record_epoch(
         self, epoch: int, step: int, stats: Any, result: Any, model: Any, tokenizer: Any,
         save_checkpoint: bool,
-    ) -> None:  # fmt: skip
+    ) -> dict:  # fmt: skip
         record = {
             "epoch": epoch,
             "step": step,
@@ -135,6 +135,7 @@ class RunRecorder:
         if self.is_main:
             write_json_atomic(self.run_dir / PREDICTIONS_FILE, result.predictions)
             append_jsonl(self.run_dir / METRICS_FILE, record)
+        return record
 
     def save_checkpoint(self, model: Any, tokenizer: Any) -> None:
         """model + tokenizer as a plain save_pretrained folder, swapped in whole."""

@@ -27,6 +27,7 @@ from qaexp.features import build_features
 from qaexp.launch import make_accelerator
 from qaexp.modeling import load_model, load_tokenizer
 from qaexp.rundir import RunRecorder
+from qaexp.tracking import Tracker, make_trackers
 from qaexp.validation import validate_config
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ def train_one_epoch(
     accelerator: Accelerator,
     cfg: QAExpConfig,
     epoch: int,
+    trackers: list[Tracker] = (),
+    first_step: int = 0,
 ) -> EpochStats:
     model.train()
     loss_sum = torch.zeros((), device=accelerator.device)
@@ -107,9 +110,29 @@ def _build_features(
     return train, evaluation
 
 
-def train(cfg: QAExpConfig, run_dir: Path) -> dict:
-    """Fine-tune and evaluate after every epoch; return the run summary (best F1 first)."""
-    run_began = time.time()
+@dataclass
+class RunSetup:
+    """Everything a run needs, built and validated before any training compute."""
+
+    accelerator: Accelerator
+    tokenizer: PreTrainedTokenizerBase
+    raw: datasets.DatasetDict
+    train_features: datasets.Dataset
+    eval_features: datasets.Dataset
+    references: dict[str, list[str]]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "train_examples": len(self.raw["train"]),
+            "train_features": len(self.train_features),
+            "eval_examples": len(self.raw["validation"]),
+            "eval_features": len(self.eval_features),
+        }
+
+
+def prepare_run(cfg: QAExpConfig) -> RunSetup:
+    """Devices, tokenizer, validated data and (cached) features."""
     set_seed(cfg.seed)
     accelerator = make_accelerator(cfg.hardware, cfg.trainer.gradient_accumulation_steps)
     tokenizer = load_tokenizer(cfg.model)
@@ -117,15 +140,31 @@ def train(cfg: QAExpConfig, run_dir: Path) -> dict:
     validate_config(cfg, tokenizer, raw)
     with accelerator.main_process_first():
         train_features, eval_features = _build_features(raw, tokenizer, cfg)
-    model = load_model(cfg.model)
+    validation = raw["validation"]
+    references = dict(
+        zip(validation["id"], (a["text"] for a in validation["answers"]), strict=True)
+    )
+    return RunSetup(accelerator, tokenizer, raw, train_features, eval_features, references)
 
+
+def resolved_config(cfg: QAExpConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+
+
+def train(cfg: QAExpConfig, run_dir: Path) -> dict:
+    """Fine-tune and evaluate after every epoch; return the run summary."""
+    run_began = time.time()
+    setup = prepare_run(cfg)
+    accelerator = setup.accelerator
+    model = load_model(cfg.model)
     on_gpu = accelerator.device.type == "cuda"
     loader_kwargs = {"num_workers": cfg.hardware.dataloader_workers, "pin_memory": on_gpu}
     train_loader = make_train_loader(
-        train_features, tokenizer, cfg.trainer, cfg.max_length, cfg.seed, **loader_kwargs
-    )
+        setup.train_features, setup.tokenizer, cfg.trainer, cfg.max_length, cfg.seed,
+        **loader_kwargs,
+    )  # fmt: skip
     eval_loader = make_eval_loader(
-        eval_features, tokenizer, cfg.trainer, cfg.max_length, **loader_kwargs
+        setup.eval_features, setup.tokenizer, cfg.trainer, cfg.max_length, **loader_kwargs
     )
     optimizer = make_optimizer(model, cfg.optimizer, fused=on_gpu)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.trainer.gradient_accumulation_steps)
@@ -139,49 +178,53 @@ def train(cfg: QAExpConfig, run_dir: Path) -> dict:
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, scheduler
     )
-    recorder = RunRecorder(
-        run_dir,
-        accelerator,
-        config=OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
-        counts={
-            "train_examples": len(raw["train"]),
-            "train_features": len(train_features),
-            "eval_examples": len(raw["validation"]),
-            "eval_features": len(eval_features),
-        },
-    )
+    config = resolved_config(cfg)
+    recorder = RunRecorder(run_dir, accelerator, config=config, counts=setup.counts)
+    trackers = make_trackers(cfg, run_dir, config, accelerator.is_main_process)
     log.info(
         "Training %s on %d windows (%d examples), evaluating on %d windows (%d examples): "
         "%d epochs x %d optimizer steps, %s, precision %s, %d process(es)",
-        cfg.model.name_or_path, len(train_features), len(raw["train"]), len(eval_features),
-        len(raw["validation"]), cfg.trainer.epochs, steps_per_epoch, accelerator.device,
-        accelerator.mixed_precision, accelerator.num_processes,
+        cfg.model.name_or_path, len(setup.train_features), len(setup.raw["train"]),
+        len(setup.eval_features), len(setup.raw["validation"]), cfg.trainer.epochs,
+        steps_per_epoch, accelerator.device, accelerator.mixed_precision,
+        accelerator.num_processes,
     )  # fmt: skip
 
-    references = {
-        ex_id: a["text"]
-        for ex_id, a in zip(raw["validation"]["id"], raw["validation"]["answers"], strict=True)
-    }
-    global_step = 0
-    # trainer.epochs=0 evaluates the checkpoint as it is (recorded as epoch 0).
-    for epoch in range(1, cfg.trainer.epochs + 1) if cfg.trainer.epochs else [0]:
-        if epoch:
-            stats = train_one_epoch(
-                model, train_loader, optimizer, scheduler, accelerator, cfg, epoch
-            )
-        else:
-            stats = EpochStats(loss=float("nan"), steps=0, seconds=0.0, features=0, tokens=0)
-        global_step += stats.steps
-        result = evaluate(
-            model, eval_loader, accelerator, raw["validation"], eval_features, references,
-            width=cfg.max_length, n_best=cfg.n_best, max_answer_length=cfg.max_answer_length,
-        )  # fmt: skip
-        log.info(
-            "epoch %d: loss %.4f  EM %.2f  F1 %.2f  (train %.0fs, %.1f windows/s; eval %.1fs)",
-            epoch, stats.loss, result.exact_match, result.f1, stats.seconds,
-            stats.features / max(stats.seconds, 1e-9), result.seconds,
-        )  # fmt: skip
-        recorder.record_epoch(
-            epoch, global_step, stats, result, model, tokenizer, cfg.trainer.save_checkpoint
-        )
-    return recorder.finish(wall_seconds=time.time() - run_began)
+    status = "failed"
+    try:
+        global_step = 0
+        # trainer.epochs=0 evaluates the checkpoint as it is (recorded as epoch 0).
+        for epoch in range(1, cfg.trainer.epochs + 1) if cfg.trainer.epochs else [0]:
+            if epoch:
+                stats = train_one_epoch(
+                    model, train_loader, optimizer, scheduler, accelerator, cfg, epoch,
+                    trackers, global_step,
+                )  # fmt: skip
+            else:
+                stats = EpochStats(loss=float("nan"), steps=0, seconds=0.0, features=0, tokens=0)
+            global_step += stats.steps
+            result = evaluate(
+                model, eval_loader, accelerator, setup.raw["validation"], setup.eval_features,
+                setup.references, width=cfg.max_length, n_best=cfg.n_best,
+                max_answer_length=cfg.max_answer_length,
+            )  # fmt: skip
+            log.info(
+                "epoch %d: loss %.4f  EM %.2f  F1 %.2f  (train %.0fs, %.1f windows/s; eval %.1fs)",
+                epoch, stats.loss, result.exact_match, result.f1, stats.seconds,
+                stats.features / max(stats.seconds, 1e-9), result.seconds,
+            )  # fmt: skip
+            record = recorder.record_epoch(
+                epoch, global_step, stats, result, model, setup.tokenizer,
+                cfg.trainer.save_checkpoint,
+            )  # fmt: skip
+            for tracker in trackers:
+                tracker.log_epoch(epoch, global_step, record)
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        summary = recorder.finish(wall_seconds=time.time() - run_began, status=status)
+        for tracker in trackers:
+            tracker.finish(status, summary)
+    return summary
