@@ -11,6 +11,11 @@ through the tokenizer's sequence ids rather than token types.
 
 Windows are not padded unless ``pad_to_max_length=True`` (the seed's behaviour): batches are
 padded by the collator, which keeps training on real tokens.
+
+``train_feature_columns``/``eval_feature_columns`` return the same windows as an Arrow table
+built from flat NumPy arrays; ``build_features`` maps those, because turning every token (and
+every offset pair) into a Python object cost more than tokenizing. ``prepare_*_features``
+return them as Python lists.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 from transformers import PreTrainedTokenizerBase
 
 _NOT_CONTEXT = -1
@@ -63,24 +69,48 @@ def _context_mask(encoded: Any, context_index: int) -> np.ndarray:
     return seq == context_index
 
 
-def _unpad(encoded: Any, keep: list[str], pad_to_max_length: bool, padding_side: str) -> dict:
-    """Turn the padded (windows, width) arrays back into per-window lists of real tokens."""
-    out: dict[str, list] = {}
-    lengths = encoded["attention_mask"].sum(axis=1)
-    for key in keep:
-        if key not in encoded:
-            continue
-        array = encoded[key]
-        if pad_to_max_length:
-            out[key] = array.tolist()
-        elif padding_side == "right":
-            out[key] = [row[:n].tolist() for row, n in zip(array, lengths, strict=True)]
-        else:
-            out[key] = [row[len(row) - n :].tolist() for row, n in zip(array, lengths, strict=True)]
-    return out
+def _row_offsets(keep: np.ndarray) -> pa.Array:
+    """Arrow list offsets for windows that keep ``keep.sum(axis=1)`` tokens each."""
+    offsets = np.zeros(len(keep) + 1, dtype=np.int32)
+    np.cumsum(keep.sum(axis=1), out=offsets[1:])
+    return pa.array(offsets)
 
 
-_MODEL_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+def _ragged(values: np.ndarray, keep: np.ndarray) -> pa.ListArray:
+    """Row i of ``values`` (windows, width) restricted to ``keep[i]``, one Arrow list per
+    window, built from the flat kept values (row-major order keeps each window's order)."""
+    return pa.ListArray.from_arrays(_row_offsets(keep), pa.array(values[keep]))
+
+
+def _stored_tokens(encoded: Any, pad_to_max_length: bool) -> np.ndarray:
+    """(windows, width) bool: the tokens to store; padding only when padding to max_length."""
+    real = encoded["attention_mask"].astype(bool)
+    return np.ones_like(real) if pad_to_max_length else real
+
+
+# Arrow types of the stored columns: the ones `datasets` infers for the same values given as
+# Python lists, so the Arrow path stores exactly what a list-returning builder would.
+_MODEL_INPUT_TYPES = {"input_ids": np.int32, "attention_mask": np.int8, "token_type_ids": np.int8}
+
+
+def _model_input_columns(encoded: Any, keep: np.ndarray) -> dict[str, pa.Array]:
+    return {
+        key: _ragged(encoded[key].astype(dtype, copy=False), keep)
+        for key, dtype in _MODEL_INPUT_TYPES.items()
+        if key in encoded
+    }
+
+
+def _context_offsets(offsets: np.ndarray, context: np.ndarray, keep: np.ndarray) -> pa.ListArray:
+    """Per window, the [start, end) character span of every stored token, null where the token
+    is not part of the context (a list<list<int64>> column)."""
+    spans = offsets[keep].astype(np.int64, copy=False)  # (stored tokens, 2)
+    pairs = pa.ListArray.from_arrays(
+        pa.array(np.arange(0, 2 * len(spans) + 1, 2, dtype=np.int32)),
+        pa.array(spans.reshape(-1)),
+        mask=pa.array(~context[keep]),
+    )
+    return pa.ListArray.from_arrays(_row_offsets(keep), pairs)
 
 
 def answer_token_positions(
@@ -109,15 +139,15 @@ def answer_token_positions(
     return np.where(inside, start_token, 0), np.where(inside, end_token, 0)
 
 
-def prepare_train_features(
+def train_feature_columns(
     examples: dict[str, list],
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     stride: int,
     pad_to_max_length: bool = False,
-) -> dict[str, list]:
-    """Windows with ``start_positions``/``end_positions`` labels (the first answer of each
-    example; (0, 0) for windows that do not contain the whole answer)."""
+) -> pa.Table:
+    """`prepare_train_features` as an Arrow table: what `build_features` stores (no Python
+    object per token, so building and writing the cache is fast)."""
     encoded = _tokenize(examples, tokenizer, max_length, stride, pad_to_max_length)
     example_index = np.asarray(encoded["overflow_to_sample_mapping"])
     answer_start = np.array([a["answer_start"][0] for a in examples["answers"]], dtype=np.int64)
@@ -127,10 +157,41 @@ def prepare_train_features(
 
     mask = _context_mask(encoded, _context_sequence_index(tokenizer))
     starts, ends = answer_token_positions(encoded["offset_mapping"], mask, start_char, end_char)
-    features = _unpad(encoded, _MODEL_INPUTS, pad_to_max_length, tokenizer.padding_side)
-    features["start_positions"] = starts.tolist()
-    features["end_positions"] = ends.tolist()
-    return features
+    columns = _model_input_columns(encoded, _stored_tokens(encoded, pad_to_max_length))
+    columns["start_positions"] = pa.array(starts.astype(np.int64, copy=False))
+    columns["end_positions"] = pa.array(ends.astype(np.int64, copy=False))
+    return pa.table(columns)
+
+
+def eval_feature_columns(
+    examples: dict[str, list],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    stride: int,
+    pad_to_max_length: bool = False,
+) -> pa.Table:
+    """`prepare_eval_features` as an Arrow table: what `build_features` stores."""
+    encoded = _tokenize(examples, tokenizer, max_length, stride, pad_to_max_length)
+    example_index = np.asarray(encoded["overflow_to_sample_mapping"])
+    mask = _context_mask(encoded, _context_sequence_index(tokenizer))
+    keep = _stored_tokens(encoded, pad_to_max_length)
+    columns = _model_input_columns(encoded, keep)
+    columns["offset_mapping"] = _context_offsets(encoded["offset_mapping"], mask, keep)
+    columns["example_id"] = pa.array(examples["id"], type=pa.string()).take(example_index)
+    return pa.table(columns)
+
+
+def prepare_train_features(
+    examples: dict[str, list],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    stride: int,
+    pad_to_max_length: bool = False,
+) -> dict[str, list]:
+    """Windows with ``start_positions``/``end_positions`` labels (the first answer of each
+    example; (0, 0) for windows that do not contain the whole answer)."""
+    table = train_feature_columns(examples, tokenizer, max_length, stride, pad_to_max_length)
+    return table.to_pydict()
 
 
 def prepare_eval_features(
@@ -142,26 +203,8 @@ def prepare_eval_features(
 ) -> dict[str, list]:
     """Windows with ``example_id`` and ``offset_mapping`` (``None`` for every token that is
     not part of the context, so post-processing can never pick it)."""
-    encoded = _tokenize(examples, tokenizer, max_length, stride, pad_to_max_length)
-    example_index = np.asarray(encoded["overflow_to_sample_mapping"])
-    mask = _context_mask(encoded, _context_sequence_index(tokenizer))
-    features = _unpad(encoded, _MODEL_INPUTS, pad_to_max_length, tokenizer.padding_side)
-
-    lengths = encoded["attention_mask"].sum(axis=1)
-    width = mask.shape[1]
-    offset_rows = encoded["offset_mapping"].tolist()
-    offsets = []
-    for row, row_mask, n in zip(offset_rows, mask.tolist(), lengths.tolist(), strict=True):
-        lo, hi = (0, width) if pad_to_max_length else _real_span(tokenizer, width, n)
-        offsets.append([o if m else None for o, m in zip(row[lo:hi], row_mask[lo:hi], strict=True)])
-    features["offset_mapping"] = offsets
-    ids = examples["id"]
-    features["example_id"] = [ids[i] for i in example_index.tolist()]
-    return features
-
-
-def _real_span(tokenizer: PreTrainedTokenizerBase, width: int, length: int) -> tuple[int, int]:
-    return (0, length) if tokenizer.padding_side == "right" else (width - length, width)
+    table = eval_feature_columns(examples, tokenizer, max_length, stride, pad_to_max_length)
+    return table.to_pydict()
 
 
 # Bump when the builders' output changes, so cached features from older code are not reused.
@@ -192,7 +235,7 @@ def build_features(
     """
     from datasets.fingerprint import Hasher
 
-    builder = prepare_train_features if train else prepare_eval_features
+    builder = train_feature_columns if train else eval_feature_columns
     fingerprint = Hasher.hash(
         [examples._fingerprint, builder.__name__, tokenizer_fingerprint(tokenizer),
          max_length, stride, FEATURES_VERSION]

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SQUAD_DIR = REPO.parent / "shared" / "data" / "squad"
+# QAEXP_SQUAD_DIR points the squad tests elsewhere (e.g. from a git worktree).
+SQUAD_DIR = Path(os.environ.get("QAEXP_SQUAD_DIR") or REPO.parent / "shared" / "data" / "squad")
 CONF_DIR = REPO / "conf"
 
 
