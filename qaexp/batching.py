@@ -7,9 +7,8 @@ from __future__ import annotations
 import datasets
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, SequentialSampler
+from torch.utils.data import DataLoader, Sampler, SequentialSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from qaexp.config import TrainerConfig
 
@@ -26,6 +25,57 @@ def window_lengths(features: datasets.Dataset) -> np.ndarray:
     return pc.list_value_length(column).to_numpy(zero_copy_only=False)
 
 
+class LengthGroupedSampler(Sampler[int]):
+    """Training order in shuffled batches of similar length.
+
+    Every epoch: a random permutation, cut into groups of ``group_batches`` batches; each group
+    is sorted by length and cut into batches; then the batches are shuffled, the one holding
+    the longest window first (an out-of-memory error shows at step 1, not hours in). Sorting
+    within a random group keeps padding low; shuffling the batches keeps the order random
+    (transformers' sampler of the same name walks each group from long to short windows).
+    """
+
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        generator: torch.Generator,
+        group_batches: int = 50,
+    ) -> None:
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.generator = generator
+        self.group_size = group_batches * batch_size
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batches(self) -> list[np.ndarray]:
+        """One epoch's batches of window indices, in training order."""
+        order = torch.randperm(len(self.lengths), generator=self.generator).numpy()
+        if not len(order):
+            return []
+        batches = []
+        for begin in range(0, len(order), self.group_size):
+            group = order[begin : begin + self.group_size]
+            group = group[np.argsort(-self.lengths[group], kind="stable")]
+            batches += [
+                group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)
+            ]
+        # Groups hold whole batches, so only the very last batch can be short: it stays last,
+        # so that the loader's consecutive slices of batch_size are exactly these batches.
+        short = [batches.pop()] if len(batches[-1]) < self.batch_size else []
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=self.generator)]
+        if batches:
+            longest = int(np.argmax([self.lengths[b].max() for b in batches]))
+            batches[0], batches[longest] = batches[longest], batches[0]
+        return batches + short
+
+    def __iter__(self):
+        batches = self.batches()
+        return iter(np.concatenate(batches).tolist() if batches else [])
+
+
 def make_collator(
     tokenizer: PreTrainedTokenizerBase, cfg: TrainerConfig, max_length: int
 ) -> DataCollatorWithPadding:
@@ -37,6 +87,15 @@ def make_collator(
 def _model_view(features: datasets.Dataset, extra: tuple[str, ...]) -> datasets.Dataset:
     keep = [c for c in (*MODEL_COLUMNS, *extra) if c in features.column_names]
     return features.select_columns(keep)
+
+
+def _worker_options(num_workers: int, pin_memory: bool) -> dict:
+    """DataLoader worker settings; workers live across epochs (no respawn every epoch)."""
+    return {
+        "num_workers": num_workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": num_workers > 0,
+    }
 
 
 def make_train_loader(
@@ -51,29 +110,17 @@ def make_train_loader(
     """Shuffled training batches; with group_by_length, shuffled groups of similar length so
     little compute goes to padding while the order stays random."""
     generator = torch.Generator().manual_seed(seed)
-    view = _model_view(features, LABEL_COLUMNS)
     if cfg.group_by_length and not cfg.pad_to_max_length:
-        sampler = LengthGroupedSampler(
-            cfg.train_batch_size,
-            lengths=window_lengths(features).tolist(),
-            generator=generator,
-        )
-        return DataLoader(
-            view,
-            batch_size=cfg.train_batch_size,
-            sampler=sampler,
-            collate_fn=make_collator(tokenizer, cfg, max_length),
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-        )
+        lengths = window_lengths(features)
+        order = {"sampler": LengthGroupedSampler(lengths, cfg.train_batch_size, generator)}
+    else:
+        order = {"shuffle": True, "generator": generator}
     return DataLoader(
-        view,
+        _model_view(features, LABEL_COLUMNS),
         batch_size=cfg.train_batch_size,
-        shuffle=True,
-        generator=generator,
         collate_fn=make_collator(tokenizer, cfg, max_length),
-        num_workers=num_workers,
-        pin_memory=pin_memory,
+        **order,
+        **_worker_options(num_workers, pin_memory),
     )
 
 
@@ -97,6 +144,5 @@ def make_eval_loader(
         batch_size=cfg.eval_batch_size,
         sampler=SequentialSampler(view),
         collate_fn=make_collator(tokenizer, cfg, max_length),
-        num_workers=num_workers,
-        pin_memory=pin_memory,
+        **_worker_options(num_workers, pin_memory),
     )

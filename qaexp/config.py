@@ -91,7 +91,8 @@ class HardwareConfig:
     device: Device = Device.auto
     mixed_precision: MixedPrecision = MixedPrecision.auto
     num_processes: int = 1
-    dataloader_workers: int = 0
+    # null: none on the CPU (workers would take cores from the model), up to 4 per GPU process
+    dataloader_workers: int | None = None
     tf32: bool = True
 
 
@@ -100,13 +101,19 @@ class TrainerConfig:
     engine: str = "accelerate"
     epochs: int = 3
     train_batch_size: int = 8  # per device
-    eval_batch_size: int = 64  # per device
+    eval_batch_size: int = 128  # per device; no gradients, so it can be larger than training's
     gradient_accumulation_steps: int = 1
     # Seed behaviour: pad every window to max_length. Default: pad each batch to its longest
     # window (rounded up to pad_to_multiple_of) and group training batches by length.
     pad_to_max_length: bool = False
     pad_to_multiple_of: int = 8
     group_by_length: bool = True
+    # torch.compile the model (pays on GPU; compiling takes a minute or more first).
+    compile: bool = False
+    # torch.compile's `dynamic`: null compiles for the first batch width and recompiles once
+    # with dynamic shapes when the width changes; false compiles one graph per width, so pair
+    # it with pad_to_multiple_of=64 (at most max_length/64 widths).
+    compile_dynamic: bool | None = None
     log_every_n_steps: int = 20
     save_checkpoint: bool = True
 

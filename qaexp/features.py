@@ -20,6 +20,7 @@ return them as Python lists.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import datasets
@@ -212,11 +213,20 @@ FEATURES_VERSION = 1
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A stable hash of everything in the tokenizer that changes its output."""
+    """A stable hash of everything in the tokenizer that changes its output.
+
+    The backend's "truncation" and "padding" entries are left out: transformers sets them on
+    every call (the builders pass max_length, stride and padding explicitly), so they hold
+    whatever the last call used, and a run that found its train windows cached (no call yet)
+    would otherwise get a different key for its eval windows than the run that built them.
+    """
     from datasets.fingerprint import Hasher
 
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
     return Hasher.hash(
-        [tokenizer.backend_tokenizer.to_str(), tokenizer.padding_side, tokenizer.truncation_side]
+        [json.dumps(state, sort_keys=True), tokenizer.padding_side, tokenizer.truncation_side]
     )
 
 

@@ -24,7 +24,7 @@ from qaexp.data import load_raw_datasets
 from qaexp.errors import QAExpError
 from qaexp.evaluation import evaluate
 from qaexp.features import build_features
-from qaexp.launch import make_accelerator
+from qaexp.launch import dataloader_workers, make_accelerator
 from qaexp.modeling import load_model, load_tokenizer
 from qaexp.rundir import RunRecorder
 from qaexp.tracking import Tracker, make_trackers
@@ -73,7 +73,8 @@ def train_one_epoch(
 ) -> EpochStats:
     model.train()
     loss_sum = torch.zeros((), device=accelerator.device)
-    batches = steps = features = tokens = 0
+    tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)  # no sync per step
+    batches = steps = features = 0
     began = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process)
     for batch in bar:
@@ -88,7 +89,7 @@ def train_one_epoch(
         loss_sum += loss.detach()
         batches += 1
         features += batch["input_ids"].shape[0]
-        tokens += int(batch["attention_mask"].sum())
+        tokens += batch["attention_mask"].sum()
         if accelerator.sync_gradients:
             steps += 1
             if steps % cfg.trainer.log_every_n_steps == 0:
@@ -97,7 +98,8 @@ def train_one_epoch(
                 )
     seconds = time.perf_counter() - began
     mean_loss = accelerator.reduce(loss_sum / max(batches, 1), reduction="mean").item()
-    counts = accelerator.reduce(torch.tensor([features, tokens], device=accelerator.device), "sum")
+    counts = torch.stack([torch.tensor(features, device=accelerator.device), tokens])
+    counts = accelerator.reduce(counts, "sum")
     return EpochStats(mean_loss, steps, seconds, int(counts[0]), int(counts[1]))
 
 
@@ -134,7 +136,10 @@ class RunSetup:
 def prepare_run(cfg: QAExpConfig) -> RunSetup:
     """Devices, tokenizer, validated data and (cached) features."""
     set_seed(cfg.seed)
-    accelerator = make_accelerator(cfg.hardware, cfg.trainer.gradient_accumulation_steps)
+    accelerator = make_accelerator(
+        cfg.hardware, cfg.trainer.gradient_accumulation_steps,
+        compile_model=cfg.trainer.compile, compile_dynamic=cfg.trainer.compile_dynamic,
+    )  # fmt: skip
     tokenizer = load_tokenizer(cfg.model)
     raw = load_raw_datasets(cfg.data)
     validate_config(cfg, tokenizer, raw)
@@ -158,7 +163,8 @@ def train(cfg: QAExpConfig, run_dir: Path) -> dict:
     accelerator = setup.accelerator
     model = load_model(cfg.model)
     on_gpu = accelerator.device.type == "cuda"
-    loader_kwargs = {"num_workers": cfg.hardware.dataloader_workers, "pin_memory": on_gpu}
+    workers = dataloader_workers(cfg.hardware, "gpu" if on_gpu else "cpu")
+    loader_kwargs = {"num_workers": workers, "pin_memory": on_gpu}
     train_loader = make_train_loader(
         setup.train_features, setup.tokenizer, cfg.trainer, cfg.max_length, cfg.seed,
         **loader_kwargs,

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 import datasets
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from qaexp.config import QAExpConfig
 from qaexp.errors import QAExpError
+
+log = logging.getLogger(__name__)
 
 POSITIVE_KEYS = (
     "max_length", "stride", "n_best", "max_answer_length", "trainer.epochs",
@@ -34,10 +39,37 @@ def validate_settings(cfg: QAExpConfig) -> None:
         raise QAExpError(f"optimizer.lr={cfg.optimizer.lr}: must be positive.")
     if not 0 <= cfg.optimizer.warmup_ratio < 1:
         raise QAExpError(f"optimizer.warmup_ratio={cfg.optimizer.warmup_ratio}: must be in [0, 1).")
+    workers = cfg.hardware.dataloader_workers
+    if workers is not None and workers < 0:
+        raise QAExpError(
+            f"hardware.dataloader_workers={workers}: must be 0 or more worker processes, or "
+            "null for the default (0 on the CPU, a few per GPU)."
+        )
+    warn_static_compile(cfg)
     for key in ("data.max_train_samples", "data.max_eval_samples"):
         value = _get(cfg, key)
         if value is not None and value < 1:
             raise QAExpError(f"{key}={value}: must be a positive number of examples, or null.")
+
+
+def warn_static_compile(cfg: QAExpConfig) -> None:
+    """torch.compile with static shapes compiles one graph per batch width; past torch's
+    recompile limit the rest runs uncompiled, so say so before minutes go to compiling."""
+    trainer = cfg.trainer
+    if not trainer.compile or trainer.compile_dynamic is not False or trainer.pad_to_max_length:
+        return
+    import torch._dynamo
+
+    widths = math.ceil(cfg.max_length / trainer.pad_to_multiple_of)
+    limit = torch._dynamo.config.recompile_limit
+    if widths > limit:
+        log.warning(
+            "trainer.compile_dynamic=false with max_length=%d and trainer.pad_to_multiple_of=%d "
+            "allows %d batch widths, more than torch's recompile limit (%d): widths past it run "
+            "uncompiled. Use trainer.pad_to_multiple_of=%d, or trainer.compile_dynamic=null.",
+            cfg.max_length, trainer.pad_to_multiple_of, widths, limit,
+            max(64, math.ceil(cfg.max_length / limit)),
+        )  # fmt: skip
 
 
 def validate_windows(
