@@ -21,14 +21,14 @@ return them as Python lists.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import datasets
 import numpy as np
 import pyarrow as pa
 from transformers import PreTrainedTokenizerBase
-
-_NOT_CONTEXT = -1
 
 
 def _tokenize(
@@ -38,7 +38,8 @@ def _tokenize(
     stride: int,
     pad_to_max_length: bool,
 ) -> Any:
-    """Tokenize question/context pairs into overflowing windows, padded to one width."""
+    """Tokenize question/context pairs into overflowing windows (Python lists, unpadded
+    unless padding to max_length: half the tokens to convert on SQuAD)."""
     question_first = tokenizer.padding_side == "right"
     questions = [q.strip() for q in examples["question"]]
     contexts = examples["context"]
@@ -50,10 +51,7 @@ def _tokenize(
         stride=stride,
         return_overflowing_tokens=True,
         return_offsets_mapping=True,
-        # Pad to the batch's longest window so the label maths below is one array op;
-        # the padding is stripped again before the features are stored.
-        padding="max_length" if pad_to_max_length else "longest",
-        return_tensors="np",
+        padding="max_length" if pad_to_max_length else False,
     )
 
 
@@ -62,81 +60,103 @@ def _context_sequence_index(tokenizer: PreTrainedTokenizerBase) -> int:
     return 1 if tokenizer.padding_side == "right" else 0
 
 
-def _context_mask(encoded: Any, context_index: int) -> np.ndarray:
-    """(windows, width) bool: True where a token belongs to the context."""
-    # sequence_ids holds None for special and padding tokens; float conversion maps None to
-    # NaN in C, which keeps this free of per-token Python work.
-    seq = np.array([enc.sequence_ids for enc in encoded.encodings], dtype=np.float32)
-    return seq == context_index
-
-
-def _row_offsets(keep: np.ndarray) -> pa.Array:
-    """Arrow list offsets for windows that keep ``keep.sum(axis=1)`` tokens each."""
-    offsets = np.zeros(len(keep) + 1, dtype=np.int32)
-    np.cumsum(keep.sum(axis=1), out=offsets[1:])
-    return pa.array(offsets)
-
-
-def _ragged(values: np.ndarray, keep: np.ndarray) -> pa.ListArray:
-    """Row i of ``values`` (windows, width) restricted to ``keep[i]``, one Arrow list per
-    window, built from the flat kept values (row-major order keeps each window's order)."""
-    return pa.ListArray.from_arrays(_row_offsets(keep), pa.array(values[keep]))
-
-
-def _stored_tokens(encoded: Any, pad_to_max_length: bool) -> np.ndarray:
-    """(windows, width) bool: the tokens to store; padding only when padding to max_length."""
-    real = encoded["attention_mask"].astype(bool)
-    return np.ones_like(real) if pad_to_max_length else real
-
-
 # Arrow types of the stored columns: the ones `datasets` infers for the same values given as
 # Python lists, so the Arrow path stores exactly what a list-returning builder would.
 _MODEL_INPUT_TYPES = {"input_ids": np.int32, "attention_mask": np.int8, "token_type_ids": np.int8}
 
 
-def _model_input_columns(encoded: Any, keep: np.ndarray) -> dict[str, pa.Array]:
-    return {
-        key: _ragged(encoded[key].astype(dtype, copy=False), keep)
+@dataclass
+class _Windows:
+    """Every window of a batch, concatenated: one entry per token in the flat arrays."""
+
+    row_offsets: np.ndarray  # (windows + 1,) where each window starts in the flat arrays
+    model_inputs: dict[str, np.ndarray]  # input_ids, attention_mask[, token_type_ids]
+    spans: np.ndarray  # (tokens, 2) [start, end) characters of each token
+    context: np.ndarray  # (tokens,) True where the token belongs to the context
+    example_index: np.ndarray  # (windows,) the example each window comes from
+
+    def list_column(self, values: pa.Array) -> pa.ListArray:
+        """One Arrow list per window over flat per-token ``values``."""
+        return pa.ListArray.from_arrays(pa.array(self.row_offsets), values)
+
+
+def _windows(
+    examples: dict[str, list],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    stride: int,
+    pad_to_max_length: bool,
+) -> _Windows:
+    """The batch's windows as flat arrays: the tokenizer's per-window lists go through one
+    C-level pass per column, with no per-token Python and no padding to convert and strip."""
+    encoded = _tokenize(examples, tokenizer, max_length, stride, pad_to_max_length)
+    lengths = np.fromiter(map(len, encoded["input_ids"]), dtype=np.int64)
+    total = int(lengths.sum())
+    row_offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=row_offsets[1:])
+    inputs = {
+        key: np.fromiter(chain.from_iterable(encoded[key]), dtype=dtype, count=total)
         for key, dtype in _MODEL_INPUT_TYPES.items()
         if key in encoded
     }
+    pairs = chain.from_iterable(chain.from_iterable(encoded["offset_mapping"]))
+    spans = np.fromiter(pairs, dtype=np.int64, count=2 * total).reshape(-1, 2)
+    # sequence_ids holds None for special and padding tokens; a float array maps None to NaN.
+    sequence = chain.from_iterable(enc.sequence_ids for enc in encoded.encodings)
+    context = np.array(list(sequence), dtype=np.float32) == _context_sequence_index(tokenizer)
+    example_index = np.asarray(encoded["overflow_to_sample_mapping"], dtype=np.int64)
+    return _Windows(row_offsets, inputs, spans, context, example_index)
 
 
-def _context_offsets(offsets: np.ndarray, context: np.ndarray, keep: np.ndarray) -> pa.ListArray:
-    """Per window, the [start, end) character span of every stored token, null where the token
-    is not part of the context (a list<list<int64>> column)."""
-    spans = offsets[keep].astype(np.int64, copy=False)  # (stored tokens, 2)
+def _model_input_columns(windows: _Windows) -> dict[str, pa.Array]:
+    return {key: windows.list_column(pa.array(v)) for key, v in windows.model_inputs.items()}
+
+
+def _context_offsets(windows: _Windows) -> pa.ListArray:
+    """Per window, the [start, end) character span of every token, null where the token is
+    not part of the context (a list<list<int64>> column)."""
     pairs = pa.ListArray.from_arrays(
-        pa.array(np.arange(0, 2 * len(spans) + 1, 2, dtype=np.int32)),
-        pa.array(spans.reshape(-1)),
-        mask=pa.array(~context[keep]),
+        pa.array(np.arange(0, 2 * len(windows.spans) + 1, 2, dtype=np.int32)),
+        pa.array(windows.spans.reshape(-1)),
+        mask=pa.array(~windows.context),
     )
-    return pa.ListArray.from_arrays(_row_offsets(keep), pairs)
+    return windows.list_column(pairs)
 
 
 def answer_token_positions(
-    offsets: np.ndarray, context_mask: np.ndarray, start_char: np.ndarray, end_char: np.ndarray
+    row_offsets: np.ndarray,
+    spans: np.ndarray,
+    context: np.ndarray,
+    start_char: np.ndarray,
+    end_char: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Token labels for each window: first and last answer token, or (0, 0) when the answer
     does not lie wholly inside the window's context.
 
-    offsets (W, L, 2), context_mask (W, L), start_char/end_char (W,) with end exclusive.
+    Windows are concatenated: window w holds tokens ``row_offsets[w]:row_offsets[w + 1]`` of
+    spans (tokens, 2) and context (tokens,); start_char/end_char (windows,), end exclusive.
     Offsets of context tokens increase along the window, so "the last token starting at or
     before the answer start" is a count of such tokens, and likewise for the end.
     """
-    width = context_mask.shape[1]
-    has_context = context_mask.any(axis=1)
-    first = np.argmax(context_mask, axis=1)
-    last = width - 1 - np.argmax(context_mask[:, ::-1], axis=1)
-    rows = np.arange(len(offsets))
-    window_start_char = offsets[rows, first, 0]
-    window_end_char = offsets[rows, last, 1]
+    begins = row_offsets[:-1]
+    if not len(begins):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    window = np.repeat(np.arange(len(begins)), np.diff(row_offsets))
+    local = np.arange(len(context)) - begins[window]
+    count = np.add.reduceat(context.astype(np.int64), begins)
+    has_context = count > 0
+    # Windows are never empty (special tokens), so reduceat sees no empty segment.
+    first = np.minimum.reduceat(np.where(context, local, np.iinfo(np.int64).max), begins)
+    first = np.where(has_context, first, 0)
+    last = first + count - 1
+    window_start_char = spans[begins + first, 0]
+    window_end_char = spans[begins + np.maximum(last, 0), 1]
     inside = has_context & (window_start_char <= start_char) & (window_end_char >= end_char)
 
-    starts_before = context_mask & (offsets[:, :, 0] <= start_char[:, None])
-    ends_after = context_mask & (offsets[:, :, 1] >= end_char[:, None])
-    start_token = first + starts_before.sum(axis=1) - 1
-    end_token = last - ends_after.sum(axis=1) + 1
+    starts_before = context & (spans[:, 0] <= start_char[window])
+    ends_after = context & (spans[:, 1] >= end_char[window])
+    start_token = first + np.add.reduceat(starts_before.astype(np.int64), begins) - 1
+    end_token = last - np.add.reduceat(ends_after.astype(np.int64), begins) + 1
     return np.where(inside, start_token, 0), np.where(inside, end_token, 0)
 
 
@@ -149,16 +169,16 @@ def train_feature_columns(
 ) -> pa.Table:
     """`prepare_train_features` as an Arrow table: what `build_features` stores (no Python
     object per token, so building and writing the cache is fast)."""
-    encoded = _tokenize(examples, tokenizer, max_length, stride, pad_to_max_length)
-    example_index = np.asarray(encoded["overflow_to_sample_mapping"])
+    windows = _windows(examples, tokenizer, max_length, stride, pad_to_max_length)
     answer_start = np.array([a["answer_start"][0] for a in examples["answers"]], dtype=np.int64)
     answer_length = np.array([len(a["text"][0]) for a in examples["answers"]], dtype=np.int64)
-    start_char = answer_start[example_index]
-    end_char = start_char + answer_length[example_index]
+    start_char = answer_start[windows.example_index]
+    end_char = start_char + answer_length[windows.example_index]
 
-    mask = _context_mask(encoded, _context_sequence_index(tokenizer))
-    starts, ends = answer_token_positions(encoded["offset_mapping"], mask, start_char, end_char)
-    columns = _model_input_columns(encoded, _stored_tokens(encoded, pad_to_max_length))
+    starts, ends = answer_token_positions(
+        windows.row_offsets, windows.spans, windows.context, start_char, end_char
+    )
+    columns = _model_input_columns(windows)
     columns["start_positions"] = pa.array(starts.astype(np.int64, copy=False))
     columns["end_positions"] = pa.array(ends.astype(np.int64, copy=False))
     return pa.table(columns)
@@ -172,13 +192,11 @@ def eval_feature_columns(
     pad_to_max_length: bool = False,
 ) -> pa.Table:
     """`prepare_eval_features` as an Arrow table: what `build_features` stores."""
-    encoded = _tokenize(examples, tokenizer, max_length, stride, pad_to_max_length)
-    example_index = np.asarray(encoded["overflow_to_sample_mapping"])
-    mask = _context_mask(encoded, _context_sequence_index(tokenizer))
-    keep = _stored_tokens(encoded, pad_to_max_length)
-    columns = _model_input_columns(encoded, keep)
-    columns["offset_mapping"] = _context_offsets(encoded["offset_mapping"], mask, keep)
-    columns["example_id"] = pa.array(examples["id"], type=pa.string()).take(example_index)
+    windows = _windows(examples, tokenizer, max_length, stride, pad_to_max_length)
+    columns = _model_input_columns(windows)
+    columns["offset_mapping"] = _context_offsets(windows)
+    ids = pa.array(examples["id"], type=pa.string())
+    columns["example_id"] = ids.take(pa.array(windows.example_index))
     return pa.table(columns)
 
 
@@ -209,7 +227,7 @@ def prepare_eval_features(
 
 
 # Bump when the builders' output changes, so cached features from older code are not reused.
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2  # 2: labels of left-padding tokenizers fixed
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -176,6 +176,24 @@ def test_left_padding_puts_context_first(minilm_tokenizer):
         assert context_positions[0] == 1
 
 
+def test_left_padding_labels_when_windows_differ_in_length(minilm_tokenizer):
+    # Several examples in one batch, answers late in the context: the last window of each is
+    # shorter than the others, and labels must count from its own first token, not from the
+    # left padding a batch-wide width would put before it.
+    left = copy.deepcopy(minilm_tokenizer)
+    left.padding_side = "left"
+    ex = batch(
+        ("Who won in 1935?", CONTEXT, "Irene Joliot-Curie"),
+        ("What did she found?", CONTEXT, "the Radium Institute"),
+        ("When was she born?", CONTEXT[:40], "1867"),
+    )
+    feats = prepare_train_features(ex, left, max_length=40, stride=8)
+    assert len({len(ids) for ids in feats["input_ids"]}) > 1
+    assert labels_of(feats) == reference_labels(ex, left, 40, 8)
+    answers = decoded_answers(feats, left)
+    assert {"irene joliot - curie", "the radium institute", "1867"} <= set(answers)
+
+
 def test_tokenizer_without_token_type_ids(roberta_like):
     ex = batch(("Who shared the prize?", CONTEXT, "Pierre Curie"))
     feats = prepare_train_features(ex, roberta_like, max_length=32, stride=8)
