@@ -259,6 +259,22 @@ def test_build_features_is_cached(minilm_tokenizer, tmp_path):
     assert other.cache_files != first.cache_files
 
 
+def test_parallel_build_gives_the_same_windows(minilm_tokenizer):
+    import datasets
+
+    rows = batch(
+        *[
+            (f"Question {i}?", CONTEXT, answer)
+            for i, answer in enumerate(["Warsaw", "1891", "Pierre Curie", "1914", "1935", "Paris"])
+        ]
+    )
+    rows["title"] = ["t"] * len(rows["id"])
+    ds = datasets.Dataset.from_dict(rows)
+    serial = build_features(ds, minilm_tokenizer, 48, 16, train=False)
+    parallel = build_features(ds, minilm_tokenizer, 48, 16, train=False, num_proc=2)
+    assert parallel.to_dict() == serial.to_dict()
+
+
 # --- the real SQuAD v1.1 files -------------------------------------------------------------
 
 
