@@ -114,6 +114,7 @@ class TrainerConfig:
     # with dynamic shapes when the width changes; false compiles one graph per width, so pair
     # it with pad_to_multiple_of=64 (at most max_length/64 widths).
     compile_dynamic: bool | None = None
+    compile_backend: str = "inductor"  # torch.compile's backend ("eager" to debug tracing)
     log_every_n_steps: int = 20
     save_checkpoint: bool = True
 

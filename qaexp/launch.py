@@ -11,7 +11,7 @@ import os
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin
+from accelerate.utils import DataLoaderConfiguration, DynamoBackend, TorchDynamoPlugin
 
 from qaexp.config import Device, HardwareConfig, MixedPrecision
 from qaexp.errors import QAExpError
@@ -65,11 +65,26 @@ def dataloader_workers(cfg: HardwareConfig, device: str) -> int:
     return min(4, (cpus or 1) // (2 * cfg.num_processes))
 
 
+def compile_plugin(backend: str, dynamic: bool | None) -> TorchDynamoPlugin:
+    """Accelerate's torch.compile settings (``prepare`` compiles the model with them)."""
+    try:
+        plugin = TorchDynamoPlugin(backend=backend, dynamic=dynamic)
+    except ValueError as err:
+        choices = ", ".join(b.value.lower() for b in DynamoBackend if b != DynamoBackend.NO)
+        raise QAExpError(
+            f"trainer.compile_backend={backend} is not a torch.compile backend that Accelerate "
+            f"knows; use one of: {choices} (inductor is the default and the fast one)."
+        ) from err
+    log.info("torch.compile: backend %s, dynamic=%s", backend, dynamic)
+    return plugin
+
+
 def make_accelerator(
     cfg: HardwareConfig,
     gradient_accumulation_steps: int,
     compile_model: bool = False,
     compile_dynamic: bool | None = None,
+    compile_backend: str = "inductor",
 ) -> Accelerator:
     """The Accelerator for this hardware: precision, TF32, non-blocking copies from pinned
     memory on GPU, and torch.compile (applied by ``prepare``) when ``compile_model`` is set."""
@@ -79,9 +94,7 @@ def make_accelerator(
         # TF32 tensor cores for fp32 matmuls (Ampere+): ~same accuracy, several times faster.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    dynamo = (
-        TorchDynamoPlugin(backend="inductor", dynamic=compile_dynamic) if compile_model else None
-    )
+    dynamo = compile_plugin(compile_backend, compile_dynamic) if compile_model else None
     return Accelerator(
         cpu=device == "cpu",
         mixed_precision=precision,

@@ -139,6 +139,7 @@ def prepare_run(cfg: QAExpConfig) -> RunSetup:
     accelerator = make_accelerator(
         cfg.hardware, cfg.trainer.gradient_accumulation_steps,
         compile_model=cfg.trainer.compile, compile_dynamic=cfg.trainer.compile_dynamic,
+        compile_backend=cfg.trainer.compile_backend,
     )  # fmt: skip
     tokenizer = load_tokenizer(cfg.model)
     raw = load_raw_datasets(cfg.data)

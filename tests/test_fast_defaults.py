@@ -1,0 +1,103 @@
+"""The fast defaults: data-loader workers per device, torch.compile settings, mixed precision
+that also works on the CPU, and a compiled run end to end."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from qaexp.config import Device, HardwareConfig, MixedPrecision
+from qaexp.errors import QAExpError
+from qaexp.launch import compile_plugin, dataloader_workers, make_accelerator
+from qaexp.validation import validate_settings
+from tests.conftest import TINY_RUN, compose, read_jsonl, run_qaexp
+
+
+def test_compile_keys_compose_typed():
+    cfg = OmegaConf.to_object(compose(["trainer.compile=true", "trainer.compile_dynamic=false"]))
+    assert cfg.trainer.compile is True and cfg.trainer.compile_dynamic is False
+    assert cfg.trainer.compile_backend == "inductor"
+    default = OmegaConf.to_object(compose([]))
+    assert default.trainer.compile is False and default.trainer.compile_dynamic is None
+    assert default.hardware.dataloader_workers is None
+    assert default.trainer.eval_batch_size > default.trainer.train_batch_size
+
+
+def test_dataloader_workers_per_device(monkeypatch):
+    auto = HardwareConfig()
+    assert dataloader_workers(auto, "cpu") == 0  # workers would take cores from the model
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(16)), raising=False)
+    assert dataloader_workers(auto, "gpu") == 4
+    assert dataloader_workers(HardwareConfig(num_processes=8), "gpu") == 1
+    assert dataloader_workers(HardwareConfig(dataloader_workers=3), "cpu") == 3
+
+
+def test_negative_workers_fail_naming_the_key():
+    cfg = OmegaConf.to_object(compose(["hardware.dataloader_workers=-1"]))
+    with pytest.raises(QAExpError, match=r"hardware\.dataloader_workers=-1"):
+        validate_settings(cfg)
+
+
+def test_static_compile_with_many_widths_warns(caplog):
+    many = OmegaConf.to_object(compose(["trainer.compile=true", "trainer.compile_dynamic=false"]))
+    with caplog.at_level(logging.WARNING, logger="qaexp.validation"):
+        validate_settings(many)
+    assert "trainer.pad_to_multiple_of=64" in caplog.text
+    caplog.clear()
+    bucketed = OmegaConf.to_object(
+        compose(["trainer.compile=true", "trainer.compile_dynamic=false",
+                 "trainer.pad_to_multiple_of=64"])
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="qaexp.validation"):
+        validate_settings(bucketed)
+    assert caplog.text == ""
+
+
+def test_unknown_compile_backend_is_a_clear_error():
+    with pytest.raises(QAExpError, match=r"trainer\.compile_backend=fast.*inductor"):
+        compile_plugin("fast", None)
+    assert compile_plugin("inductor", False).to_kwargs()["dynamic"] is False
+
+
+def test_bf16_autocast_trains_on_cpu():
+    from qaexp.modeling import load_model
+
+    cfg = OmegaConf.to_object(compose(["model=tiny"]))
+    hardware = HardwareConfig(device=Device.cpu, mixed_precision=MixedPrecision.bf16)
+    accelerator = make_accelerator(hardware, gradient_accumulation_steps=1)
+    assert accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu"
+    model = accelerator.prepare(load_model(cfg.model))
+    dtypes = []
+    model.qa_outputs.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    ids = torch.randint(1000, 2000, (2, 24))
+    out = model(
+        input_ids=ids, attention_mask=torch.ones_like(ids),
+        start_positions=torch.tensor([3, 5]), end_positions=torch.tensor([4, 9]),
+    )  # fmt: skip
+    assert dtypes == [torch.bfloat16]  # the matmuls ran under bf16 autocast
+    assert out.start_logits.dtype == torch.float32  # Accelerate hands back fp32 outputs
+    accelerator.backward(out.loss)
+    assert torch.isfinite(out.loss) and model.qa_outputs.weight.grad is not None
+
+
+@pytest.mark.slow
+def test_compiled_run_trains_and_saves_a_plain_checkpoint(tmp_path):
+    """trainer.compile=true end to end. The eager backend runs Dynamo's tracing (graphs, guards,
+    the recompile when the batch width changes) without inductor's minutes of code
+    generation on a CPU; the checkpoint must not carry torch.compile's `_orig_mod.` prefix."""
+    from transformers import AutoModelForQuestionAnswering
+
+    args = [*TINY_RUN, "data.synthetic.train_size=48", "data.synthetic.eval_size=16",
+            "trainer.epochs=1", "trainer.compile=true", "trainer.compile_backend=eager",
+            "hydra.run.dir=run"]  # fmt: skip
+    result = run_qaexp(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "torch.compile: backend eager" in (tmp_path / "run" / "qaexp.log").read_text()
+    assert [e["epoch"] for e in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]
+    _, info = AutoModelForQuestionAnswering.from_pretrained(
+        tmp_path / "run" / "checkpoint", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]
