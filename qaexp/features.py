@@ -13,9 +13,9 @@ Windows are not padded unless ``pad_to_max_length=True`` (the seed's behaviour):
 padded by the collator, which keeps training on real tokens.
 
 ``train_feature_columns``/``eval_feature_columns`` return the same windows as an Arrow table
-built from flat NumPy arrays; ``build_features`` maps those, because turning every token (and
-every offset pair) into a Python object cost more than tokenizing. ``prepare_*_features``
-return them as Python lists.
+built from flat per-token NumPy arrays, and ``build_features`` maps those: no padded
+(windows, width) arrays to convert and strip, and no Python object per token or offset pair
+on the way to the cache. ``prepare_*_features`` return the same windows as Python lists.
 """
 
 from __future__ import annotations
