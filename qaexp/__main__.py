@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from qaexp.config import QAExpConfig, register_configs
-from qaexp.errors import QAExpError
+from qaexp.errors import QAExpError, RunInterrupted
 
 log = logging.getLogger("qaexp")
 
@@ -29,11 +29,11 @@ def config_dir() -> str:
 
 def run(cfg: DictConfig) -> float:
     """Run one job and return its best F1 (what a Hydra sweeper optimises)."""
-    from qaexp.train import train
+    from qaexp.launch import run_job
 
     settings: QAExpConfig = OmegaConf.to_object(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = train(settings, run_dir)
+    summary = run_job(settings, run_dir)
     log.info(
         "best epoch %s: EM %.2f F1 %.2f; results in %s",
         summary["best_epoch"], summary["best_exact_match"] or 0.0, summary["best_f1"] or 0.0, run_dir,
@@ -50,9 +50,19 @@ def discard_unfinished_run_dir(run_dir: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     try:
         return run(cfg)
+    except RunInterrupted as err:
+        hydra_cfg = HydraConfig.get()
+        overrides = " ".join(
+            o for o in hydra_cfg.overrides.task if not o.startswith("trainer.resume")
+        )
+        log.warning(
+            "%s Resume with: python -m qaexp %s hydra.run.dir=%s trainer.resume=true",
+            err, overrides, hydra_cfg.runtime.output_dir,
+        )  # fmt: skip
+        sys.exit(err.exit_code)
     except QAExpError as err:
         log.error("%s", err)
         hydra_cfg = HydraConfig.get()
@@ -60,6 +70,16 @@ def main(cfg: DictConfig) -> float:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # Hydra records the failed job and runs the others
         sys.exit(2)
+
+
+def main() -> None:
+    """Console entry. Under an external launch (torchrun, srun) every rank runs Hydra; ranks
+    other than 0 write no Hydra files or logs into the shared run directory."""
+    from qaexp.launch import external_rank, external_world_size
+
+    if external_world_size() > 1 and external_rank() != 0:
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    hydra_main()
 
 
 if __name__ == "__main__":

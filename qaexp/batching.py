@@ -7,7 +7,7 @@ from __future__ import annotations
 import datasets
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, SequentialSampler
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -44,32 +44,25 @@ def make_train_loader(
     tokenizer: PreTrainedTokenizerBase,
     cfg: TrainerConfig,
     max_length: int,
-    seed: int,
+    generator: torch.Generator,
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
     """Shuffled training batches; with group_by_length, shuffled groups of similar length so
-    little compute goes to padding while the order stays random."""
-    generator = torch.Generator().manual_seed(seed)
+    little compute goes to padding while the order stays random. The order follows
+    `generator` (seed it per epoch for an order that survives a resume)."""
     view = _model_view(features, LABEL_COLUMNS)
     if cfg.group_by_length and not cfg.pad_to_max_length:
-        sampler = LengthGroupedSampler(
-            cfg.train_batch_size,
-            lengths=window_lengths(features).tolist(),
-            generator=generator,
-        )
-        return DataLoader(
-            view,
-            batch_size=cfg.train_batch_size,
-            sampler=sampler,
-            collate_fn=make_collator(tokenizer, cfg, max_length),
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-        )
+        lengths = window_lengths(features).tolist()
+        sampler = LengthGroupedSampler(cfg.train_batch_size, lengths=lengths, generator=generator)
+    else:
+        sampler = RandomSampler(view, generator=generator)
     return DataLoader(
         view,
         batch_size=cfg.train_batch_size,
-        shuffle=True,
+        sampler=sampler,
+        # The loader's own base seed is drawn from `generator` too, never from the global RNG,
+        # so dropout masks after a resume match those of an uninterrupted run.
         generator=generator,
         collate_fn=make_collator(tokenizer, cfg, max_length),
         num_workers=num_workers,
@@ -96,6 +89,7 @@ def make_eval_loader(
         view,
         batch_size=cfg.eval_batch_size,
         sampler=SequentialSampler(view),
+        generator=torch.Generator().manual_seed(0),  # keeps the global RNG untouched
         collate_fn=make_collator(tokenizer, cfg, max_length),
         num_workers=num_workers,
         pin_memory=pin_memory,

@@ -90,7 +90,7 @@ class OptimizerConfig:
 class HardwareConfig:
     device: Device = Device.auto
     mixed_precision: MixedPrecision = MixedPrecision.auto
-    num_processes: int = 1
+    num_processes: int = 1  # workers; 0 = one per visible GPU
     dataloader_workers: int = 0
     tf32: bool = True
 
@@ -108,7 +108,10 @@ class TrainerConfig:
     pad_to_multiple_of: int = 8
     group_by_length: bool = True
     log_every_n_steps: int = 20
-    save_checkpoint: bool = True
+    save_checkpoint: bool = True  # model + tokenizer of the best epoch in checkpoint/
+    save_state: bool = True  # full training state after every epoch in state/ (for resume)
+    resume: bool = False  # continue this run directory's saved state
+    resume_from: str | None = None  # continue from another run directory or state folder
 
 
 @dataclass
@@ -153,3 +156,11 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="qaexp_config", node=QAExpConfig)
     if not OmegaConf.has_resolver("qaexp.embedded_model"):
         OmegaConf.register_new_resolver("qaexp.embedded_model", embedded_model_path)
+    if not OmegaConf.has_resolver("qaexp.run_stamp"):
+        OmegaConf.register_new_resolver("qaexp.run_stamp", _run_stamp)
+
+
+def _run_stamp() -> str:
+    from qaexp.launch import agreed_run_stamp  # imports torch: only when a run dir is made
+
+    return agreed_run_stamp()

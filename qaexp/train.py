@@ -21,14 +21,16 @@ from transformers.trainer_pt_utils import get_parameter_names
 from qaexp.batching import make_eval_loader, make_train_loader
 from qaexp.config import OptimizerConfig, QAExpConfig
 from qaexp.data import load_raw_datasets
-from qaexp.errors import QAExpError
+from qaexp.errors import QAExpError, RunInterrupted
 from qaexp.evaluation import evaluate
 from qaexp.features import build_features
 from qaexp.launch import make_accelerator
 from qaexp.modeling import load_model, load_tokenizer
+from qaexp.preemption import GracefulStop
 from qaexp.rundir import RunRecorder
+from qaexp.state import STATE_DIR, Progress, find_state, load_state, save_state
 from qaexp.tracking import Tracker, make_trackers
-from qaexp.validation import validate_config
+from qaexp.validation import check_examples, validate_settings, validate_windows
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,10 @@ class EpochStats:
     seconds: float
     features: int
     tokens: int
+
+
+class NonFiniteLoss(QAExpError):
+    """The loss became NaN/inf without fp16 loss scaling to absorb it."""
 
 
 def make_optimizer(
@@ -67,38 +73,86 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     accelerator: Accelerator,
     cfg: QAExpConfig,
-    epoch: int,
+    progress: Progress,
+    stop: GracefulStop,
     trackers: list[Tracker] = (),
-    first_step: int = 0,
-) -> EpochStats:
+) -> bool:
+    """Train the rest of `progress.epoch` (from batch `progress.batches_done`); update
+    `progress` in place. Returns False when a stop was requested before the epoch ended."""
     model.train()
-    loss_sum = torch.zeros((), device=accelerator.device)
-    batches = steps = features = tokens = 0
+    # Sums continue from a resumed epoch: the global sums live on the main process only.
+    main = accelerator.is_main_process
+    loss_sum = torch.tensor(progress.loss_sum, device=accelerator.device)
+    features, tokens = (progress.features, progress.tokens) if main else (0, 0)
+    skip = progress.batches_done
+    batches = accelerator.skip_first_batches(loader, skip) if skip else loader
     began = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process)
+    done_before = progress.seconds
+    bar = tqdm(
+        batches, desc=f"epoch {progress.epoch}", initial=skip, total=len(loader),
+        disable=not accelerator.is_local_main_process,
+    )  # fmt: skip
+    stopped = False
     for batch in bar:
         with accelerator.accumulate(model):
             loss = model(**batch).loss
-            accelerator.backward(loss)
+            nonfinite, stopped = _agree(
+                accelerator, not torch.isfinite(loss).item(), stop.requested
+            )
+            if nonfinite and accelerator.mixed_precision != "fp16":
+                raise NonFiniteLoss(
+                    f"The training loss became {loss.item()} at epoch {progress.epoch}, step "
+                    f"{progress.global_step + 1}. Lower optimizer.lr, keep "
+                    "optimizer.max_grad_norm set, or use hardware.mixed_precision=bf16/no. The "
+                    "last complete epoch's state is saved: fix the setting and rerun with "
+                    "trainer.resume=true."
+                )
+            accelerator.backward(loss)  # fp16: the loss scaler skips steps with inf gradients
             if accelerator.sync_gradients and cfg.optimizer.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.optimizer.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach()
-        batches += 1
+        progress.skipped_steps += int(nonfinite)
+        if not nonfinite:
+            loss_sum += loss.detach()
+        progress.batches_done += 1
         features += batch["input_ids"].shape[0]
         tokens += int(batch["attention_mask"].sum())
         if accelerator.sync_gradients:
-            steps += 1
-            if steps % cfg.trainer.log_every_n_steps == 0:
-                bar.set_postfix(
-                    loss=f"{loss_sum.item() / batches:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
+            progress.global_step += 1
+            if progress.global_step % cfg.trainer.log_every_n_steps == 0:
+                _log_step(
+                    bar, trackers, progress, loss_sum, features, began, scheduler, len(loader)
                 )
-    seconds = time.perf_counter() - began
-    mean_loss = accelerator.reduce(loss_sum / max(batches, 1), reduction="mean").item()
+        if stopped:
+            break
+    progress.seconds = done_before + time.perf_counter() - began
+    progress.loss_sum = accelerator.reduce(loss_sum, reduction="mean").item()
     counts = accelerator.reduce(torch.tensor([features, tokens], device=accelerator.device), "sum")
-    return EpochStats(mean_loss, steps, seconds, int(counts[0]), int(counts[1]))
+    progress.features, progress.tokens = int(counts[0]), int(counts[1])
+    return not stopped
+
+
+def _agree(accelerator: Accelerator, nonfinite: bool, stop: bool) -> tuple[bool, bool]:
+    """All processes take the same decision (a rank that skips backward would hang DDP)."""
+    if accelerator.num_processes == 1:
+        return nonfinite, stop
+    flags = torch.tensor([nonfinite, stop], dtype=torch.int32, device=accelerator.device)
+    flags = accelerator.reduce(flags, reduction="sum")
+    return bool(flags[0]), bool(flags[1])
+
+
+def _log_step(bar, trackers, progress, loss_sum, features, began, scheduler, num_batches) -> None:
+    metrics = {
+        "train/loss": loss_sum.item() / max(progress.batches_done - progress.skipped_steps, 1),
+        "train/lr": scheduler.get_last_lr()[0],
+        "train/samples_per_second": features / max(time.perf_counter() - began, 1e-9),
+        "train/epoch": progress.epoch - 1 + progress.batches_done / num_batches,
+    }
+    bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.2e}")
+    for tracker in trackers:
+        tracker.log_step(progress.global_step, metrics)
 
 
 def _build_features(
@@ -131,15 +185,24 @@ class RunSetup:
         }
 
 
+def prepare_data(
+    cfg: QAExpConfig,
+) -> tuple[PreTrainedTokenizerBase, datasets.DatasetDict, datasets.Dataset, datasets.Dataset]:
+    """Tokenizer, validated raw data and (cached) train/eval windows."""
+    validate_settings(cfg)
+    tokenizer = load_tokenizer(cfg.model)
+    raw, _ = check_examples(load_raw_datasets(cfg.data))
+    validate_windows(cfg, tokenizer, raw)
+    train_features, eval_features = _build_features(raw, tokenizer, cfg)
+    return tokenizer, raw, train_features, eval_features
+
+
 def prepare_run(cfg: QAExpConfig) -> RunSetup:
     """Devices, tokenizer, validated data and (cached) features."""
     set_seed(cfg.seed)
     accelerator = make_accelerator(cfg.hardware, cfg.trainer.gradient_accumulation_steps)
-    tokenizer = load_tokenizer(cfg.model)
-    raw = load_raw_datasets(cfg.data)
-    validate_config(cfg, tokenizer, raw)
     with accelerator.main_process_first():
-        train_features, eval_features = _build_features(raw, tokenizer, cfg)
+        tokenizer, raw, train_features, eval_features = prepare_data(cfg)
     validation = raw["validation"]
     references = dict(
         zip(validation["id"], (a["text"] for a in validation["answers"]), strict=True)
@@ -156,19 +219,24 @@ def train(cfg: QAExpConfig, run_dir: Path) -> dict:
     run_began = time.time()
     setup = prepare_run(cfg)
     accelerator = setup.accelerator
+    run_dir = Path(run_dir)
+    state_dir = find_state(run_dir, cfg.trainer.resume, cfg.trainer.resume_from)
     model = load_model(cfg.model)
     on_gpu = accelerator.device.type == "cuda"
     loader_kwargs = {"num_workers": cfg.hardware.dataloader_workers, "pin_memory": on_gpu}
+    order = torch.Generator()
     train_loader = make_train_loader(
-        setup.train_features, setup.tokenizer, cfg.trainer, cfg.max_length, cfg.seed,
+        setup.train_features, setup.tokenizer, cfg.trainer, cfg.max_length, order,
         **loader_kwargs,
     )  # fmt: skip
     eval_loader = make_eval_loader(
         setup.eval_features, setup.tokenizer, cfg.trainer, cfg.max_length, **loader_kwargs
     )
     optimizer = make_optimizer(model, cfg.optimizer, fused=on_gpu)
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.trainer.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * cfg.trainer.epochs
+    accumulation = cfg.trainer.gradient_accumulation_steps
+    # Counted before `prepare` shards the loader: Accelerate's scheduler wrapper steps once
+    # per process for every optimizer step.
+    total_steps = math.ceil(len(train_loader) / accumulation) * cfg.trainer.epochs
     scheduler = get_scheduler(
         cfg.optimizer.scheduler,
         optimizer=optimizer,
@@ -179,48 +247,42 @@ def train(cfg: QAExpConfig, run_dir: Path) -> dict:
         model, optimizer, train_loader, eval_loader, scheduler
     )
     config = resolved_config(cfg)
+    progress = Progress(config=config)
+    if state_dir is not None:
+        progress = load_state(accelerator, state_dir, config)
     recorder = RunRecorder(run_dir, accelerator, config=config, counts=setup.counts)
+    recorder.restore(progress.history, state_dir)
     trackers = make_trackers(cfg, run_dir, config, accelerator.is_main_process)
-    log.info(
-        "Training %s on %d windows (%d examples), evaluating on %d windows (%d examples): "
-        "%d epochs x %d optimizer steps, %s, precision %s, %d process(es)",
-        cfg.model.name_or_path, len(setup.train_features), len(setup.raw["train"]),
-        len(setup.eval_features), len(setup.raw["validation"]), cfg.trainer.epochs,
-        steps_per_epoch, accelerator.device, accelerator.mixed_precision,
-        accelerator.num_processes,
-    )  # fmt: skip
+    _log_plan(cfg, setup, accelerator, len(train_loader))
 
     status = "failed"
     try:
-        global_step = 0
-        # trainer.epochs=0 evaluates the checkpoint as it is (recorded as epoch 0).
-        for epoch in range(1, cfg.trainer.epochs + 1) if cfg.trainer.epochs else [0]:
-            if epoch:
-                stats = train_one_epoch(
-                    model, train_loader, optimizer, scheduler, accelerator, cfg, epoch,
-                    trackers, global_step,
-                )  # fmt: skip
-            else:
-                stats = EpochStats(loss=float("nan"), steps=0, seconds=0.0, features=0, tokens=0)
-            global_step += stats.steps
-            result = evaluate(
-                model, eval_loader, accelerator, setup.raw["validation"], setup.eval_features,
-                setup.references, width=cfg.max_length, n_best=cfg.n_best,
-                max_answer_length=cfg.max_answer_length,
-            )  # fmt: skip
-            log.info(
-                "epoch %d: loss %.4f  EM %.2f  F1 %.2f  (train %.0fs, %.1f windows/s; eval %.1fs)",
-                epoch, stats.loss, result.exact_match, result.f1, stats.seconds,
-                stats.features / max(stats.seconds, 1e-9), result.seconds,
-            )  # fmt: skip
-            record = recorder.record_epoch(
-                epoch, global_step, stats, result, model, setup.tokenizer,
-                cfg.trainer.save_checkpoint,
-            )  # fmt: skip
-            for tracker in trackers:
-                tracker.log_epoch(epoch, global_step, record)
+        with GracefulStop() as stop:
+            # trainer.epochs=0 evaluates the checkpoint as it is (recorded as epoch 0).
+            epochs = range(progress.epoch, cfg.trainer.epochs + 1) if cfg.trainer.epochs else [0]
+            for epoch in epochs:
+                progress.epoch = epoch
+                if epoch:
+                    order.manual_seed(cfg.seed * 1_000 + epoch)  # the same order after a resume
+                    finished = train_one_epoch(
+                        model, train_loader, optimizer, scheduler, accelerator, cfg, progress,
+                        stop, trackers,
+                    )  # fmt: skip
+                    if not finished:
+                        save_state(accelerator, run_dir, progress)
+                        raise RunInterrupted(
+                            f"Stopped by {stop.signal_name} in epoch {epoch} after "
+                            f"{progress.batches_done} batches; the training state is saved in "
+                            f"{run_dir / STATE_DIR}.",
+                            stop.exit_code,
+                        )
+                _finish_epoch(
+                    cfg, setup, model, eval_loader, accelerator, progress, recorder, trackers
+                )
+                if epoch and cfg.trainer.save_state:
+                    save_state(accelerator, run_dir, progress)
         status = "completed"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunInterrupted):
         status = "interrupted"
         raise
     finally:
@@ -228,3 +290,55 @@ def train(cfg: QAExpConfig, run_dir: Path) -> dict:
         for tracker in trackers:
             tracker.finish(status, summary)
     return summary
+
+
+def _finish_epoch(
+    cfg, setup, model, eval_loader, accelerator, progress, recorder, trackers
+) -> None:
+    """Evaluate, record the epoch everywhere, and move `progress` to the next epoch."""
+    trained = progress.batches_done - progress.skipped_steps
+    stats = EpochStats(
+        loss=progress.loss_sum / trained if progress.epoch and trained else float("nan"),
+        steps=progress.global_step,
+        seconds=progress.seconds,
+        features=progress.features,
+        tokens=progress.tokens,
+    )
+    result = evaluate(
+        model, eval_loader, accelerator, setup.raw["validation"], setup.eval_features,
+        setup.references, width=cfg.max_length, n_best=cfg.n_best,
+        max_answer_length=cfg.max_answer_length,
+    )  # fmt: skip
+    log.info(
+        "epoch %d: loss %.4f  EM %.2f  F1 %.2f  (train %.0fs, %.1f windows/s; eval %.1fs)",
+        progress.epoch, stats.loss, result.exact_match, result.f1, stats.seconds,
+        stats.features / max(stats.seconds, 1e-9), result.seconds,
+    )  # fmt: skip
+    record = recorder.record_epoch(
+        progress.epoch, progress.global_step, stats, result, model, setup.tokenizer,
+        cfg.trainer.save_checkpoint,
+    )  # fmt: skip
+    for tracker in trackers:
+        tracker.log_epoch(progress.epoch, progress.global_step, record)
+    progress.history = list(recorder.history)
+    progress.epoch += 1
+    progress.batches_done = progress.features = progress.tokens = 0
+    progress.loss_sum = progress.seconds = 0.0
+    progress.skipped_steps = 0
+
+
+def _log_plan(cfg: QAExpConfig, setup: RunSetup, accelerator: Accelerator, batches: int) -> None:
+    accumulation = cfg.trainer.gradient_accumulation_steps
+    log.info(
+        "Training %s on %d windows (%d examples), evaluating on %d windows (%d examples)",
+        cfg.model.name_or_path, len(setup.train_features), len(setup.raw["train"]),
+        len(setup.eval_features), len(setup.raw["validation"]),
+    )  # fmt: skip
+    log.info(
+        "%d process(es) on %s, precision %s; batch %d per device x %d process(es) x %d "
+        "accumulation = %d effective; %d epochs x %d optimizer steps",
+        accelerator.num_processes, accelerator.device, accelerator.mixed_precision,
+        cfg.trainer.train_batch_size, accelerator.num_processes, accumulation,
+        cfg.trainer.train_batch_size * accelerator.num_processes * accumulation,
+        cfg.trainer.epochs, math.ceil(batches / accumulation),
+    )  # fmt: skip
