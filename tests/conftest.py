@@ -58,9 +58,11 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=False)
 
 
-def run_qaexp(args: list[str], cwd: Path, timeout: int = 600, module: str = "qaexp"):
+def run_qaexp(
+    args: list[str], cwd: Path, timeout: int = 600, module: str = "qaexp", env: dict | None = None
+):
     """Run `python -m <module> args` in a subprocess; returns the CompletedProcess."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_DISABLE_PROGRESS_BARS": "1", **(env or {})}
     env.pop("WANDB_API_KEY", None)
     return subprocess.run(
         [sys.executable, "-m", module, *args],
