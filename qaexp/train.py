@@ -27,7 +27,7 @@ from qaexp.features import build_features
 from qaexp.launch import make_accelerator
 from qaexp.modeling import load_model, load_tokenizer
 from qaexp.rundir import RunRecorder
-from qaexp.tracking import Tracker, make_trackers
+from qaexp.tracking import RunLabels, Tracker, make_trackers
 from qaexp.validation import validate_config
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,15 @@ def make_optimizer(
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **({"fused": True} if fused else {})
     )
+
+
+def step_metrics(mean_loss: float, lr: float, features: int, seconds: float) -> dict[str, float]:
+    """What trackers get every trainer.log_every_n_steps optimizer steps (the epoch so far)."""
+    return {
+        "train/loss": mean_loss,
+        "train/lr": lr,
+        "train/features_per_second": features / max(seconds, 1e-9),
+    }
 
 
 def train_one_epoch(
@@ -92,9 +101,15 @@ def train_one_epoch(
         if accelerator.sync_gradients:
             steps += 1
             if steps % cfg.trainer.log_every_n_steps == 0:
+                progress = step_metrics(
+                    loss_sum.item() / batches, scheduler.get_last_lr()[0],
+                    features * accelerator.num_processes, time.perf_counter() - began,
+                )  # fmt: skip
                 bar.set_postfix(
-                    loss=f"{loss_sum.item() / batches:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
+                    loss=f"{progress['train/loss']:.3f}", lr=f"{progress['train/lr']:.2e}"
                 )
+                for tracker in trackers:
+                    tracker.log_step(first_step + steps, progress)
     seconds = time.perf_counter() - began
     mean_loss = accelerator.reduce(loss_sum / max(batches, 1), reduction="mean").item()
     counts = accelerator.reduce(torch.tensor([features, tokens], device=accelerator.device), "sum")
@@ -151,8 +166,9 @@ def resolved_config(cfg: QAExpConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
 
 
-def train(cfg: QAExpConfig, run_dir: Path) -> dict:
-    """Fine-tune and evaluate after every epoch; return the run summary."""
+def train(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | None = None) -> dict:
+    """Fine-tune and evaluate after every epoch; return the run summary. `labels` group and
+    name the run on tracker dashboards (qaexp.__main__ derives them from Hydra)."""
     run_began = time.time()
     setup = prepare_run(cfg)
     accelerator = setup.accelerator
@@ -180,7 +196,7 @@ def train(cfg: QAExpConfig, run_dir: Path) -> dict:
     )
     config = resolved_config(cfg)
     recorder = RunRecorder(run_dir, accelerator, config=config, counts=setup.counts)
-    trackers = make_trackers(cfg, run_dir, config, accelerator.is_main_process)
+    trackers = make_trackers(cfg, run_dir, config, accelerator.is_main_process, labels)
     log.info(
         "Training %s on %d windows (%d examples), evaluating on %d windows (%d examples): "
         "%d epochs x %d optimizer steps, %s, precision %s, %d process(es)",
