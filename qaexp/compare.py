@@ -170,10 +170,17 @@ def table_rows(runs: list[RunResult]) -> tuple[list[str], list[list[Any]]]:
 
 
 def _cell(column: str, value: Any) -> str:
+    """Display text: 2 decimals for EM/F1, 1 for times and rates, sampled floats such as
+    `optimizer.lr=3.071057367777371e-05` to 4 significant digits (the CSV keeps them all)."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.1f}" if column in ("train s", "features/s") else f"{value:.2f}"
+    if isinstance(value, str) and len(value) > 8:
+        try:
+            return f"{float(value):.4g}"
+        except ValueError:
+            return value
     return str(value)
 
 
