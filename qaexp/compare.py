@@ -64,8 +64,10 @@ class RunResult:
     @property
     def features_per_second(self) -> float | None:
         """Training windows per second over all epochs (each epoch weighted by its time)."""
-        features = sum((e.get("train_samples_per_second") or 0.0) * (e.get("train_seconds") or 0.0)
-                       for e in self.epochs)  # fmt: skip
+        features = sum(
+            (e.get("train_samples_per_second") or 0.0) * (e.get("train_seconds") or 0.0)
+            for e in self.epochs
+        )
         return features / self.train_seconds if self.train_seconds else None
 
     def results(self) -> dict[str, Any]:
@@ -137,9 +139,19 @@ def read_status(run_dir: Path) -> str:
         return "failed"
 
 
+def read_epochs(run_dir: Path) -> list[dict]:
+    """metrics.jsonl; a run killed while writing it is shown without epochs, not fatal."""
+    try:
+        return read_metrics(run_dir)
+    except ValueError as err:
+        log.warning("%s: unreadable (%s); the run is shown without its epochs.",
+                    run_dir / METRICS_FILE, err)  # fmt: skip
+        return []
+
+
 def load_runs(paths: list[Path]) -> list[RunResult]:
     return [
-        RunResult(label, read_overrides(run_dir), read_status(run_dir), read_metrics(run_dir))
+        RunResult(label, read_overrides(run_dir), read_status(run_dir), read_epochs(run_dir))
         for run_dir, label in find_run_dirs(paths)
     ]
 
@@ -169,19 +181,24 @@ def table_rows(runs: list[RunResult]) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
+def short_value(value: str) -> str:
+    """An override value for display: sampled floats such as `3.071057367777371e-05` to 4
+    significant digits (the CSV keeps them all), anything else as it is."""
+    if len(value) <= 8:
+        return value
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
 def _cell(column: str, value: Any) -> str:
-    """Display text: 2 decimals for EM/F1, 1 for times and rates, sampled floats such as
-    `optimizer.lr=3.071057367777371e-05` to 4 significant digits (the CSV keeps them all)."""
+    """Display text: 2 decimals for EM/F1, 1 for times and rates, short override values."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.1f}" if column in ("train s", "features/s") else f"{value:.2f}"
-    if isinstance(value, str) and len(value) > 8:
-        try:
-            return f"{float(value):.4g}"
-        except ValueError:
-            return value
-    return str(value)
+    return short_value(str(value))
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:

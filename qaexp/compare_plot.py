@@ -16,12 +16,14 @@ if TYPE_CHECKING:
     from qaexp.compare import RunResult
 
 MAX_LABELLED_RUNS = 10  # more lines than this: the rest are drawn grey, without a legend entry
-MAX_PARAMETER_PANELS = 4
+MAX_PARAMETER_PANELS = 5  # the Optuna space has 5 dimensions
 
 
 def run_label(run: RunResult, keys: list[str]) -> str:
     """`3: max_length=256, stride=64` (the run folder, then its differing overrides)."""
-    parts = [f"{k}={run.overrides[k]}" for k in keys if k in run.overrides]
+    from qaexp.compare import short_value
+
+    parts = [f"{k}={short_value(run.overrides[k])}" for k in keys if k in run.overrides]
     suffix = "" if run.completed else f" [{run.status}]"
     return f"{run.label}: {', '.join(parts)}{suffix}" if parts else f"{run.label}{suffix}"
 
@@ -86,9 +88,10 @@ def plot_best_f1_by(ax: Axes, runs: list[RunResult], key: str) -> None:
         by_x[x].append(f1)
     colors = run_colors(runs)
     ax.scatter(xs, best, c=[colors[r.label] for r in done], s=40, zorder=3)
-    means = sorted((x, sum(v) / len(v)) for x, v in by_x.items())
-    ax.plot([m[0] for m in means], [m[1] for m in means], "-", color="0.4", linewidth=1,
-            zorder=2, label="mean of runs")  # fmt: skip
+    if len(by_x) < len(xs):  # a mean per value only where values repeat (a grid, not lr)
+        means = sorted((x, sum(v) / len(v)) for x, v in by_x.items())
+        ax.plot([m[0] for m in means], [m[1] for m in means], "-", color="0.4", linewidth=1,
+                zorder=2, label="mean of runs")  # fmt: skip
     ax.margins(x=0.15)
     ax.set_xlabel(key)
     ax.set_title(f"best F1 by {key}")
@@ -113,6 +116,7 @@ def plot_comparison(runs: list[RunResult], keys: list[str], path: Path) -> None:
         plot_best_f1_by(ax, runs, key)
         if i == 0:
             ax.set_ylabel("best dev F1 (%)")
+        if ax.get_legend_handles_labels()[0] and not any(a.get_legend() for a in fig.axes[1:]):
             ax.legend(fontsize=8, frameon=False)
     completed = sum(r.completed for r in runs)
     fig.suptitle(f"{len(runs)} runs ({completed} completed)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from qaexp.__main__ import dir_label, run_labels
 from qaexp.config import LoggerMode, QAExpConfig
@@ -109,7 +109,7 @@ def test_unknown_logger_names_the_choices(tmp_path):
 # --- labels: one group per sweep, names from overrides ----------------------------------
 
 
-def hydra_node(mode: str, overrides: str = "", cwd: str = "/work") -> OmegaConf:
+def hydra_node(mode: str, overrides: str = "", cwd: str = "/work") -> DictConfig:
     return OmegaConf.create({
         "mode": mode, "runtime": {"cwd": cwd},
         "run": {"dir": "outputs/runs/2025-01-31/12-00-00"},
