@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qaexp.config import QAExpConfig, register_configs
 from qaexp.errors import QAExpError, RunInterrupted
+from qaexp.tracking import RunLabels
 
 log = logging.getLogger("qaexp")
 
@@ -27,13 +28,33 @@ def config_dir() -> str:
     return str(source) if (source / "config.yaml").is_file() else str(files("qaexp.conf"))
 
 
+def dir_label(path: str, cwd: str) -> str:
+    """A run or sweep folder as a dashboard label: `outputs/multirun/2025-01-31/12-00-00` ->
+    `multirun_2025-01-31_12-00-00` (relative to the launch folder; at most 3 levels)."""
+    folder = Path(path)
+    if folder.is_absolute() and folder.is_relative_to(cwd):
+        folder = folder.relative_to(cwd)
+    parts = [p for p in folder.parts if p not in (folder.anchor, "outputs")]
+    return "_".join(parts[-3:]) or "qaexp"
+
+
+def run_labels(hydra_cfg: DictConfig) -> RunLabels:
+    """Dashboard labels of this job: every job of a --multirun shares one group (the sweep
+    folder), a single run gets its own (its run folder); the name is the job's overrides."""
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    folder = hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir
+    name = hydra_cfg.job.override_dirname or "defaults"
+    return RunLabels(group=dir_label(folder, hydra_cfg.runtime.cwd), name=name)
+
+
 def run(cfg: DictConfig) -> float:
     """Run one job and return its best F1 (what a Hydra sweeper optimises)."""
     from qaexp.launch import run_job
 
     settings: QAExpConfig = OmegaConf.to_object(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = run_job(settings, run_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    summary = run_job(settings, run_dir, run_labels(hydra_cfg))
     log.info(
         "best epoch %s: EM %.2f F1 %.2f; results in %s",
         summary["best_epoch"], summary["best_exact_match"] or 0.0, summary["best_f1"] or 0.0, run_dir,

@@ -33,6 +33,13 @@ class Device(str, Enum):
     gpu = "gpu"
 
 
+class LoggerMode(str, Enum):
+    auto = "auto"  # WANDB_MODE when set, else online with W&B credentials, offline without
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
 class MixedPrecision(str, Enum):
     auto = "auto"  # bf16 on GPUs that support it, else fp16; "no" on CPU
     no = "no"
@@ -116,7 +123,15 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"
+    name: str = "none"  # wandb | tensorboard | none (conf/logger/; the root config picks wandb)
+    project: str = "qaexp"
+    entity: str | None = None  # W&B user or team; null: the account's default entity
+    mode: LoggerMode = LoggerMode.auto
+    tags: list[str] = field(default_factory=list)
+    # null: derived per job and never written into the config: one group per --multirun
+    # (its sweep dir), a single run its own; the name from the job's overrides.
+    group: str | None = None
+    run_name: str | None = None
 
 
 @dataclass

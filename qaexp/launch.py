@@ -25,6 +25,7 @@ from accelerate import Accelerator
 
 from qaexp.config import Device, HardwareConfig, MixedPrecision, QAExpConfig
 from qaexp.errors import QAExpError
+from qaexp.tracking import RunLabels
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def requested_processes(cfg: HardwareConfig) -> int:
     return cfg.num_processes
 
 
-def _worker(config: dict, run_dir: str) -> dict:
+def _worker(config: dict, run_dir: str, labels: RunLabels | None) -> dict:
     """Entry point of one worker: rebuild the typed config and train (no Hydra here)."""
     from omegaconf import OmegaConf
 
@@ -162,10 +163,12 @@ def _worker(config: dict, run_dir: str) -> dict:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True)
     quiet_other_ranks(rank)
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(QAExpConfig), config))
-    return train(cfg, Path(run_dir))
+    return train(cfg, Path(run_dir), labels)
 
 
-def launch_workers(cfg: QAExpConfig, run_dir: Path, config: dict, num_processes: int) -> dict:
+def launch_workers(
+    run_dir: Path, config: dict, num_processes: int, labels: RunLabels | None = None
+) -> dict:
     """Start `num_processes` workers on this machine and return rank 0's summary.
 
     The rendezvous store listens on a free loopback port picked by the OS, so concurrent
@@ -187,7 +190,7 @@ def launch_workers(cfg: QAExpConfig, run_dir: Path, config: dict, num_processes:
     )
     log.info("Starting %d worker processes (torch elastic launcher)", num_processes)
     try:
-        results = elastic_launch(launch_config, _worker)(config, str(run_dir))
+        results = elastic_launch(launch_config, _worker)(config, str(run_dir), labels)
     except ChildFailedError as err:
         rank, failure = next(iter(sorted(err.failures.items())))
         raise RuntimeError(
@@ -197,8 +200,9 @@ def launch_workers(cfg: QAExpConfig, run_dir: Path, config: dict, num_processes:
     return results[0]
 
 
-def run_job(cfg: QAExpConfig, run_dir: Path) -> dict:
-    """Run one job here, in workers, or as one rank of an external launch."""
+def run_job(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | None = None) -> dict:
+    """Run one job here, in workers, or as one rank of an external launch. `labels` name
+    the run on dashboards (see qaexp.tracking)."""
     from qaexp.train import prepare_data, resolved_config, train
 
     world = external_world_size()
@@ -206,10 +210,10 @@ def run_job(cfg: QAExpConfig, run_dir: Path) -> dict:
         export_slurm_env()
         quiet_other_ranks(external_rank())
         log.info("Joining an external launch of %d processes", world)
-        return train(cfg, run_dir)
+        return train(cfg, run_dir, labels)
     processes = requested_processes(cfg.hardware)
     if processes == 1:
-        return train(cfg, run_dir)
+        return train(cfg, run_dir, labels)
     # Validate and build (or load cached) features once, before any worker starts.
     prepare_data(cfg)
-    return launch_workers(cfg, run_dir, resolved_config(cfg), processes)
+    return launch_workers(run_dir, resolved_config(cfg), processes, labels)

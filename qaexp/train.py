@@ -29,7 +29,7 @@ from qaexp.modeling import load_model, load_tokenizer
 from qaexp.preemption import GracefulStop
 from qaexp.rundir import RunRecorder
 from qaexp.state import STATE_DIR, Progress, find_state, load_state, save_state
-from qaexp.tracking import Tracker, make_trackers
+from qaexp.tracking import RunLabels, Tracker, make_trackers
 from qaexp.validation import check_examples, validate_settings, validate_windows
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,15 @@ def make_optimizer(
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **({"fused": True} if fused else {})
     )
+
+
+def step_metrics(mean_loss: float, lr: float, features: int, seconds: float) -> dict[str, float]:
+    """What trackers get every trainer.log_every_n_steps optimizer steps (the epoch so far)."""
+    return {
+        "train/loss": mean_loss,
+        "train/lr": lr,
+        "train/features_per_second": features / max(seconds, 1e-9),
+    }
 
 
 def train_one_epoch(
@@ -144,12 +153,13 @@ def _agree(accelerator: Accelerator, nonfinite: bool, stop: bool) -> tuple[bool,
 
 
 def _log_step(bar, trackers, progress, loss_sum, features, began, scheduler, num_batches) -> None:
-    metrics = {
-        "train/loss": loss_sum.item() / max(progress.batches_done - progress.skipped_steps, 1),
-        "train/lr": scheduler.get_last_lr()[0],
-        "train/samples_per_second": features / max(time.perf_counter() - began, 1e-9),
-        "train/epoch": progress.epoch - 1 + progress.batches_done / num_batches,
-    }
+    metrics = step_metrics(
+        loss_sum.item() / max(progress.batches_done - progress.skipped_steps, 1),
+        scheduler.get_last_lr()[0],
+        features,
+        time.perf_counter() - began,
+    )
+    metrics["train/epoch"] = progress.epoch - 1 + progress.batches_done / num_batches
     bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.2e}")
     for tracker in trackers:
         tracker.log_step(progress.global_step, metrics)
@@ -214,8 +224,9 @@ def resolved_config(cfg: QAExpConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
 
 
-def train(cfg: QAExpConfig, run_dir: Path) -> dict:
-    """Fine-tune and evaluate after every epoch; return the run summary."""
+def train(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | None = None) -> dict:
+    """Fine-tune and evaluate after every epoch; return the run summary. `labels` group and
+    name the run on tracker dashboards (qaexp.__main__ derives them from Hydra)."""
     run_began = time.time()
     setup = prepare_run(cfg)
     accelerator = setup.accelerator
@@ -252,7 +263,7 @@ def train(cfg: QAExpConfig, run_dir: Path) -> dict:
         progress = load_state(accelerator, state_dir, config)
     recorder = RunRecorder(run_dir, accelerator, config=config, counts=setup.counts)
     recorder.restore(progress.history, state_dir)
-    trackers = make_trackers(cfg, run_dir, config, accelerator.is_main_process)
+    trackers = make_trackers(cfg, run_dir, config, accelerator.is_main_process, labels)
     _log_plan(cfg, setup, accelerator, len(train_loader))
 
     status = "failed"

@@ -88,6 +88,7 @@ TINY_RUN = [
     "stride=32",
     "trainer.epochs=2",
     "trainer.train_batch_size=16",
+    "logger=none",  # wandb is the default logger; tests of tracking turn it on themselves
 ]
 
 

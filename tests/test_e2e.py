@@ -9,6 +9,7 @@ import pytest
 from qaexp.metrics import squad_metrics
 from tests.conftest import TINY_RUN, assert_run_dir_contract, read_jsonl, run_qaexp
 
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("tiny")
@@ -69,6 +70,7 @@ def test_minilm_learns_the_synthetic_task(tmp_path):
         "model=minilm", "data=synthetic", "hardware=cpu", "data.synthetic.train_size=500",
         "data.synthetic.eval_size=80", "data.synthetic.long_context_fraction=0",
         "max_length=192", "stride=64", "optimizer.lr=1e-4", "trainer.train_batch_size=16",
+        "logger=none",
     ]  # fmt: skip
     before = run_qaexp([*common, "trainer.epochs=0", "hydra.run.dir=before"], cwd=tmp_path)
     assert before.returncode == 0, before.stderr[-3000:]
