@@ -228,12 +228,12 @@ def model_card(cfg: QAExpConfig, summary: dict, metrics: list[dict], run_dir: Pa
     versions = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("versions", {}).items()))
     best = summary.get("best_epoch")
     base = f"`{cfg.model.name_or_path}`"
-    if cfg.model.init == ModelInit.random:
+    if not cfg.trainer.epochs:
+        origin = f"{base} ({cfg.model.init.value} weights), evaluated without training on"
+    elif cfg.model.init == ModelInit.random:
         origin = f"trained from a random initialisation of {base}'s architecture on"
-    elif cfg.trainer.epochs:
-        origin = f"{base} fine-tuned on"
     else:
-        origin = f"{base}, evaluated without further training on"
+        origin = f"{base} fine-tuned on"
     sections = [
         f"---\n{_card_metadata(cfg, summary, model_name)}---",
         f"# {model_name}",

@@ -87,3 +87,21 @@ TINY_RUN = [
     "trainer.epochs=2",
     "trainer.train_batch_size=16",
 ]
+
+
+@pytest.fixture(scope="session")
+def tiny_qa_checkpoint(tmp_path_factory, minilm_tokenizer) -> Path:
+    """A randomly initialised one-layer BERT QA model + the MiniLM tokenizer, saved as a
+    plain save_pretrained folder (what a run's checkpoint/ holds)."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering, BertConfig
+
+    config = BertConfig(
+        vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_qa") / "checkpoint"
+    AutoModelForQuestionAnswering.from_config(config).save_pretrained(folder)
+    minilm_tokenizer.save_pretrained(folder)
+    return folder

@@ -148,27 +148,21 @@ def test_asking_for_a_missing_gpu_fails_clearly(minilm_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def saved_checkpoints(tmp_path_factory, minilm_tokenizer):
-    """A tiny random QA checkpoint and a base (no QA head) checkpoint, saved to disk."""
-    from transformers import AutoModel, AutoModelForQuestionAnswering, BertConfig
+def base_checkpoint(tmp_path_factory, tiny_qa_checkpoint):
+    """The tiny checkpoint's encoder saved without its QA head (as a plain BertModel)."""
+    from transformers import AutoModel, AutoTokenizer
 
-    config = BertConfig(
-        vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
-        num_attention_heads=2, intermediate_size=64,
-    )  # fmt: skip
-    root = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    for name, cls in (("qa", AutoModelForQuestionAnswering), ("base", AutoModel)):
-        cls.from_config(config).save_pretrained(root / name)
-        minilm_tokenizer.save_pretrained(root / name)
-    return root
+    folder = tmp_path_factory.mktemp("base") / "checkpoint"
+    AutoModel.from_pretrained(tiny_qa_checkpoint).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_qa_checkpoint).save_pretrained(folder)
+    return folder
 
 
-def test_loads_a_checkpoint_folder(saved_checkpoints, caplog):
+def test_loads_a_checkpoint_folder(tiny_qa_checkpoint, caplog):
     import qaexp
 
     with caplog.at_level(logging.WARNING):
-        qa = qaexp.pipeline(str(saved_checkpoints / "qa"), device=-1)
+        qa = qaexp.pipeline(str(tiny_qa_checkpoint), device=-1)
     assert "freshly initialised" not in caplog.text
     context = long_context(repeats_before=4)
     result = qa(question="Who played?", context=context)
@@ -176,11 +170,11 @@ def test_loads_a_checkpoint_folder(saved_checkpoints, caplog):
     assert qa.device.type == "cpu"
 
 
-def test_warns_when_the_checkpoint_has_no_qa_head(saved_checkpoints, caplog):
+def test_warns_when_the_checkpoint_has_no_qa_head(base_checkpoint, caplog):
     from qaexp.pipeline import pipeline
 
     with caplog.at_level(logging.WARNING):
-        pipeline(saved_checkpoints / "base", device="cpu")
+        pipeline(base_checkpoint, device="cpu")
     assert "freshly initialised" in caplog.text
 
 
