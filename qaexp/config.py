@@ -40,6 +40,11 @@ class LoggerMode(str, Enum):
     disabled = "disabled"
 
 
+class TrainerEngine(str, Enum):
+    accelerate = "accelerate"  # qaexp's own Accelerate loop (qaexp/train.py)
+    hf = "hf"  # transformers.Trainer + TrainingArguments (qaexp/engine_hf.py)
+
+
 class MixedPrecision(str, Enum):
     auto = "auto"  # bf16 on GPUs that support it, else fp16; "no" on CPU
     no = "no"
@@ -104,8 +109,8 @@ class HardwareConfig:
 
 @dataclass
 class TrainerConfig:
-    engine: str = "accelerate"
-    epochs: int = 3
+    engine: TrainerEngine = TrainerEngine.accelerate
+    epochs: int = 3  # 0: evaluate the model as loaded, without training
     train_batch_size: int = 8  # per device
     eval_batch_size: int = 64  # per device
     gradient_accumulation_steps: int = 1
@@ -135,6 +140,17 @@ class LoggerConfig:
 
 
 @dataclass
+class HubConfig:
+    """Upload the best checkpoint and its model card to the Hugging Face Hub at the end of
+    the run. The token is never a setting: it comes from `hf auth login` or HF_TOKEN."""
+
+    push: bool = False
+    repo_id: str | None = None  # "user/name" or "org/name"
+    private: bool = False
+    commit_message: str = "Upload extractive QA model trained with qaexp"
+
+
+@dataclass
 class QAExpConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -142,6 +158,7 @@ class QAExpConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
     max_length: int = 384
     stride: int = 128
     n_best: int = 20

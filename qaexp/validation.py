@@ -51,35 +51,46 @@ def validate_settings(cfg: QAExpConfig) -> None:
 def validate_windows(
     cfg: QAExpConfig, tokenizer: PreTrainedTokenizerBase, raw: datasets.DatasetDict
 ) -> None:
+    """Every split's questions fit a window of max_length with stride (see check_windows)."""
+    for split, examples in raw.items():
+        check_windows(examples["question"], tokenizer, cfg.max_length, cfg.stride, split)
+
+
+def check_windows(
+    questions: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    stride: int,
+    label: str,
+) -> None:
     """The longest question must leave room for context, and the stride must be smaller
-    than that room (the tokenizer cannot slide a window otherwise)."""
+    than that room (the tokenizer cannot slide a window otherwise: it panics)."""
     limit = getattr(tokenizer, "model_max_length", None)
-    if limit is not None and limit < 100_000 and cfg.max_length > limit:
+    if limit is not None and limit < 100_000 and max_length > limit:
         raise QAExpError(
-            f"max_length={cfg.max_length} is longer than the model accepts ({limit} tokens, "
+            f"max_length={max_length} is longer than the model accepts ({limit} tokens, "
             f"its position embeddings); use max_length={limit} or less."
         )
     specials = tokenizer.num_special_tokens_to_add(pair=True)
-    for split, examples in raw.items():
-        questions = [q.strip() for q in examples["question"]]
-        lengths = np.array(
-            [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
+    stripped = [q.strip() for q in questions]
+    lengths = np.array(
+        [len(ids) for ids in tokenizer(stripped, add_special_tokens=False)["input_ids"]]
+    )
+    room = max_length - specials - int(lengths.max())
+    if room < 1:
+        too_long = int((lengths + specials >= max_length).sum())
+        raise QAExpError(
+            f"max_length={max_length} leaves no room for context: {too_long} {label} "
+            f"question(s) take {int(lengths.max())} tokens or more (plus {specials} special "
+            "tokens). Raise max_length or drop those questions."
         )
-        room = cfg.max_length - specials - int(lengths.max())
-        if room < 1:
-            too_long = int((lengths + specials >= cfg.max_length).sum())
-            raise QAExpError(
-                f"max_length={cfg.max_length} leaves no room for context: {too_long} {split} "
-                f"question(s) take {int(lengths.max())} tokens or more (plus {specials} special "
-                "tokens). Raise max_length or drop those questions."
-            )
-        if cfg.stride >= room:
-            raise QAExpError(
-                f"stride={cfg.stride} must be smaller than the room left for context in a "
-                f"window: max_length={cfg.max_length} minus the longest {split} question "
-                f"({int(lengths.max())} tokens) minus {specials} special tokens = {room}. Use "
-                f"stride={max(room // 2, 1)} or raise max_length."
-            )
+    if stride >= room:
+        raise QAExpError(
+            f"stride={stride} must be smaller than the room left for context in a "
+            f"window: max_length={max_length} minus the longest {label} question "
+            f"({int(lengths.max())} tokens) minus {specials} special tokens = {room}. Use "
+            f"stride={max(room // 2, 1)} or raise max_length."
+        )
 
 
 def _answer_problems(examples: datasets.Dataset) -> tuple[list[int], list[int]]:

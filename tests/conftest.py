@@ -62,7 +62,12 @@ def run_qaexp(
     args: list[str], cwd: Path, timeout: int = 600, module: str = "qaexp", env: dict | None = None
 ):
     """Run `python -m <module> args` in a subprocess; returns the CompletedProcess."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_DISABLE_PROGRESS_BARS": "1", **(env or {})}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        **(env or {}),
+    }
     env.pop("WANDB_API_KEY", None)
     return subprocess.run(
         [sys.executable, "-m", module, *args],
@@ -128,3 +133,21 @@ def assert_run_dir_contract(run_dir: Path, epochs: list[int]) -> dict:
     leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(".") and p.name != ".hydra"]
     assert not leftovers, f"temporary files left behind: {leftovers}"
     return summary
+
+
+@pytest.fixture(scope="session")
+def tiny_qa_checkpoint(tmp_path_factory, minilm_tokenizer) -> Path:
+    """A randomly initialised one-layer BERT QA model + the MiniLM tokenizer, saved as a
+    plain save_pretrained folder (what a run's checkpoint/ holds)."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering, BertConfig
+
+    config = BertConfig(
+        vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_qa") / "checkpoint"
+    AutoModelForQuestionAnswering.from_config(config).save_pretrained(folder)
+    minilm_tokenizer.save_pretrained(folder)
+    return folder
