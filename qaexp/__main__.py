@@ -99,7 +99,11 @@ def main() -> None:
     from qaexp.launch import external_rank, external_world_size
 
     if external_world_size() > 1 and external_rank() != 0:
-        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+        sys.argv += [
+            "hydra.output_subdir=null",
+            "hydra.job_logging.root.handlers=[console]",
+            "hydra.job_logging.root.level=WARNING",
+        ]
     hydra_main()
 
 
