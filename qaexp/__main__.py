@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qaexp.config import QAExpConfig, register_configs
 from qaexp.errors import QAExpError, RunInterrupted
+from qaexp.rundir import SUMMARY_FILE, write_json_atomic
 from qaexp.tracking import RunLabels
 
 log = logging.getLogger("qaexp")
@@ -87,9 +88,14 @@ def hydra_main(cfg: DictConfig) -> float:
     except QAExpError as err:
         log.error("%s", err)
         hydra_cfg = HydraConfig.get()
-        discard_unfinished_run_dir(Path(hydra_cfg.runtime.output_dir))
+        run_dir = Path(hydra_cfg.runtime.output_dir)
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # Hydra records the failed job and runs the others
+            # A sweep keeps the failed job's folder, marked failed, for the comparison;
+            # Hydra records the failure, runs the other jobs, and exits non-zero at the end.
+            if not (run_dir / SUMMARY_FILE).exists():
+                write_json_atomic(run_dir / SUMMARY_FILE, {"status": "failed", "error": str(err)})
+            raise
+        discard_unfinished_run_dir(run_dir)
         sys.exit(2)
 
 

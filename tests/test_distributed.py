@@ -150,3 +150,20 @@ def test_multi_gpu(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = assert_run_dir_contract(tmp_path / "run", epochs=[1, 2])
     assert summary["num_processes"] == torch.cuda.device_count()
+
+
+@pytest.mark.slow
+def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
+    """Job 1's stride leaves no room in its windows: it fails at validation, is recorded as
+    failed in its own folder, and jobs 0 and 2 still complete."""
+    args = [
+        "--multirun", *TINY_RUN, "hardware=cpu", "trainer.epochs=1", "stride=24,400,32",
+        "hydra.sweep.dir=sweep",
+    ]  # fmt: skip
+    result = run_qaexp(args, cwd=tmp_path)
+    assert result.returncode != 0  # the sweep reports the failure at the end
+    assert "stride=400 must be smaller" in result.stderr
+    for job in ("0", "2"):
+        assert_run_dir_contract(tmp_path / "sweep" / job, epochs=[1])
+    failed = json.loads((tmp_path / "sweep" / "1" / "summary.json").read_text())
+    assert failed["status"] == "failed" and "stride=400" in failed["error"]
