@@ -200,4 +200,4 @@ def test_minilm_learns_the_synthetic_task(tmp_path):
     best = max(trained, key=lambda e: e["f1"])
     assert best["exact_match"] >= untrained[0]["exact_match"] + 5
     assert best["f1"] >= untrained[0]["f1"] + 8
-    assert trained[-1]["train_loss"] < 4.5  # from ~5.5 for a fresh QA head
+    assert trained[-1]["train_loss"] < 4.5  # an untrained head starts near ln(192) = 5.3
