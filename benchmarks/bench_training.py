@@ -145,7 +145,8 @@ def qaexp_batches(features, pool: np.ndarray, tokenizer, batch_size: int) -> lis
     from qaexp.config import TrainerConfig
 
     cfg = TrainerConfig(train_batch_size=batch_size)
-    return list(make_train_loader(features.select(pool), tokenizer, cfg, MAX_LENGTH, seed=0))
+    order = torch.Generator().manual_seed(0)
+    return list(make_train_loader(features.select(pool), tokenizer, cfg, MAX_LENGTH, order))
 
 
 def seed_eval_batches(features, tokenizer, batch_size: int) -> list[dict]:

@@ -14,7 +14,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from qaexp.config import QAExpConfig, register_configs
-from qaexp.errors import QAExpError
+from qaexp.errors import QAExpError, RunInterrupted
+from qaexp.rundir import SUMMARY_FILE, write_json_atomic
+from qaexp.tracking import RunLabels
 
 log = logging.getLogger("qaexp")
 
@@ -27,13 +29,33 @@ def config_dir() -> str:
     return str(source) if (source / "config.yaml").is_file() else str(files("qaexp.conf"))
 
 
+def dir_label(path: str, cwd: str) -> str:
+    """A run or sweep folder as a dashboard label: `outputs/multirun/2025-01-31/12-00-00` ->
+    `multirun_2025-01-31_12-00-00` (relative to the launch folder; at most 3 levels)."""
+    folder = Path(path)
+    if folder.is_absolute() and folder.is_relative_to(cwd):
+        folder = folder.relative_to(cwd)
+    parts = [p for p in folder.parts if p not in (folder.anchor, "outputs")]
+    return "_".join(parts[-3:]) or "qaexp"
+
+
+def run_labels(hydra_cfg: DictConfig) -> RunLabels:
+    """Dashboard labels of this job: every job of a --multirun shares one group (the sweep
+    folder), a single run gets its own (its run folder); the name is the job's overrides."""
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    folder = hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir
+    name = hydra_cfg.job.override_dirname or "defaults"
+    return RunLabels(group=dir_label(folder, hydra_cfg.runtime.cwd), name=name)
+
+
 def run(cfg: DictConfig) -> float:
     """Run one job and return its best F1 (what a Hydra sweeper optimises)."""
-    from qaexp.train import train
+    from qaexp.launch import run_job
 
     settings: QAExpConfig = OmegaConf.to_object(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = train(settings, run_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    summary = run_job(settings, run_dir, run_labels(hydra_cfg))
     log.info(
         "best epoch %s: EM %.2f F1 %.2f; results in %s",
         summary["best_epoch"], summary["best_exact_match"] or 0.0, summary["best_f1"] or 0.0, run_dir,
@@ -50,16 +72,45 @@ def discard_unfinished_run_dir(run_dir: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     try:
         return run(cfg)
+    except RunInterrupted as err:
+        hydra_cfg = HydraConfig.get()
+        overrides = " ".join(
+            o for o in hydra_cfg.overrides.task if not o.startswith("trainer.resume")
+        )
+        log.warning(
+            "%s Resume with: python -m qaexp %s hydra.run.dir=%s trainer.resume=true",
+            err, overrides, hydra_cfg.runtime.output_dir,
+        )  # fmt: skip
+        sys.exit(err.exit_code)
     except QAExpError as err:
         log.error("%s", err)
         hydra_cfg = HydraConfig.get()
-        discard_unfinished_run_dir(Path(hydra_cfg.runtime.output_dir))
+        run_dir = Path(hydra_cfg.runtime.output_dir)
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # Hydra records the failed job and runs the others
+            # A sweep keeps the failed job's folder, marked failed, for the comparison;
+            # Hydra records the failure, runs the other jobs, and exits non-zero at the end.
+            if not (run_dir / SUMMARY_FILE).exists():
+                write_json_atomic(run_dir / SUMMARY_FILE, {"status": "failed", "error": str(err)})
+            raise
+        discard_unfinished_run_dir(run_dir)
         sys.exit(2)
+
+
+def main() -> None:
+    """Console entry. Under an external launch (torchrun, srun) every rank runs Hydra; ranks
+    other than 0 write no Hydra files or logs into the shared run directory."""
+    from qaexp.launch import external_rank, external_world_size
+
+    if external_world_size() > 1 and external_rank() != 0:
+        sys.argv += [
+            "hydra.output_subdir=null",
+            "hydra.job_logging.root.handlers=[console]",
+            "hydra.job_logging.root.level=WARNING",
+        ]
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datasets
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from qaexp.config import TrainerConfig
@@ -103,23 +103,25 @@ def make_train_loader(
     tokenizer: PreTrainedTokenizerBase,
     cfg: TrainerConfig,
     max_length: int,
-    seed: int,
+    generator: torch.Generator,
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
     """Shuffled training batches; with group_by_length, shuffled groups of similar length so
-    little compute goes to padding while the order stays random."""
-    generator = torch.Generator().manual_seed(seed)
+    little compute goes to padding while the order stays random. The order follows
+    `generator` (seed it per epoch for an order that survives a resume)."""
     if cfg.group_by_length and not cfg.pad_to_max_length:
-        lengths = window_lengths(features)
-        order = {"sampler": LengthGroupedSampler(lengths, cfg.train_batch_size, generator)}
+        sampler = LengthGroupedSampler(window_lengths(features), cfg.train_batch_size, generator)
     else:
-        order = {"shuffle": True, "generator": generator}
+        sampler = RandomSampler(range(len(features)), generator=generator)
     return DataLoader(
         _model_view(features, LABEL_COLUMNS),
         batch_size=cfg.train_batch_size,
+        sampler=sampler,
+        # The loader's own base seed is drawn from `generator` too, never from the global RNG,
+        # so dropout masks after a resume match those of an uninterrupted run.
+        generator=generator,
         collate_fn=make_collator(tokenizer, cfg, max_length),
-        **order,
         **_worker_options(num_workers, pin_memory),
     )
 
@@ -143,6 +145,7 @@ def make_eval_loader(
         view,
         batch_size=cfg.eval_batch_size,
         sampler=SequentialSampler(view),
+        generator=torch.Generator().manual_seed(0),  # keeps the global RNG untouched
         collate_fn=make_collator(tokenizer, cfg, max_length),
         **_worker_options(num_workers, pin_memory),
     )

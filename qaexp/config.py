@@ -33,6 +33,18 @@ class Device(str, Enum):
     gpu = "gpu"
 
 
+class LoggerMode(str, Enum):
+    auto = "auto"  # WANDB_MODE when set, else online with W&B credentials, offline without
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class TrainerEngine(str, Enum):
+    accelerate = "accelerate"  # qaexp's own Accelerate loop (qaexp/train.py)
+    hf = "hf"  # transformers.Trainer + TrainingArguments (qaexp/engine_hf.py)
+
+
 class MixedPrecision(str, Enum):
     auto = "auto"  # bf16 on GPUs that support it, else fp16; "no" on CPU
     no = "no"
@@ -90,7 +102,7 @@ class OptimizerConfig:
 class HardwareConfig:
     device: Device = Device.auto
     mixed_precision: MixedPrecision = MixedPrecision.auto
-    num_processes: int = 1
+    num_processes: int = 1  # workers; 0 = one per visible GPU
     # null: none on the CPU (workers would take cores from the model), up to 4 per GPU process
     dataloader_workers: int | None = None
     tf32: bool = True
@@ -98,8 +110,8 @@ class HardwareConfig:
 
 @dataclass
 class TrainerConfig:
-    engine: str = "accelerate"
-    epochs: int = 3
+    engine: TrainerEngine = TrainerEngine.accelerate
+    epochs: int = 3  # 0: evaluate the model as loaded, without training
     train_batch_size: int = 8  # per device
     eval_batch_size: int = 128  # per device; no gradients, so it can be larger than training's
     gradient_accumulation_steps: int = 1
@@ -116,12 +128,34 @@ class TrainerConfig:
     compile_dynamic: bool | None = None
     compile_backend: str = "inductor"  # torch.compile's backend ("eager" to debug tracing)
     log_every_n_steps: int = 20
-    save_checkpoint: bool = True
+    save_checkpoint: bool = True  # model + tokenizer of the best epoch in checkpoint/
+    save_state: bool = True  # full training state after every epoch in state/ (for resume)
+    resume: bool = False  # continue this run directory's saved state
+    resume_from: str | None = None  # continue from another run directory or state folder
 
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"
+    name: str = "none"  # wandb | tensorboard | none (conf/logger/; the root config picks wandb)
+    project: str = "qaexp"
+    entity: str | None = None  # W&B user or team; null: the account's default entity
+    mode: LoggerMode = LoggerMode.auto
+    tags: list[str] = field(default_factory=list)
+    # null: derived per job and never written into the config: one group per --multirun
+    # (its sweep dir), a single run its own; the name from the job's overrides.
+    group: str | None = None
+    run_name: str | None = None
+
+
+@dataclass
+class HubConfig:
+    """Upload the best checkpoint and its model card to the Hugging Face Hub at the end of
+    the run. The token is never a setting: it comes from `hf auth login` or HF_TOKEN."""
+
+    push: bool = False
+    repo_id: str | None = None  # "user/name" or "org/name"
+    private: bool = False
+    commit_message: str = "Upload extractive QA model trained with qaexp"
 
 
 @dataclass
@@ -132,6 +166,7 @@ class QAExpConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
     max_length: int = 384
     stride: int = 128
     n_best: int = 20
@@ -161,3 +196,11 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="qaexp_config", node=QAExpConfig)
     if not OmegaConf.has_resolver("qaexp.embedded_model"):
         OmegaConf.register_new_resolver("qaexp.embedded_model", embedded_model_path)
+    if not OmegaConf.has_resolver("qaexp.run_stamp"):
+        OmegaConf.register_new_resolver("qaexp.run_stamp", _run_stamp)
+
+
+def _run_stamp() -> str:
+    from qaexp.launch import agreed_run_stamp  # imports torch: only when a run dir is made
+
+    return agreed_run_stamp()

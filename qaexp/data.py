@@ -36,23 +36,22 @@ SQUAD_FEATURES = datasets.Features(
 SPLITS = ("train", "validation")
 
 
-def load_raw_datasets(cfg: DataConfig) -> datasets.DatasetDict:
-    """Both splits of the configured source, cut to ``max_*_samples`` (the first N examples)."""
+def load_raw_datasets(cfg: DataConfig, splits: tuple[str, ...] = SPLITS) -> datasets.DatasetDict:
+    """The configured source's `splits` (both by default; evaluate-only runs ask for
+    "validation" alone), each cut to ``max_*_samples`` (the first N examples)."""
     if cfg.source == DataSource.hub:
         raw = _load_hub(cfg)
     elif cfg.source == DataSource.json:
+        files = {"train": cfg.train_file, "validation": cfg.validation_file}
         raw = datasets.DatasetDict(
-            {
-                "train": load_squad_json(cfg.train_file, "data.train_file", cfg.cache_dir),
-                "validation": load_squad_json(
-                    cfg.validation_file, "data.validation_file", cfg.cache_dir
-                ),
-            }
+            {s: load_squad_json(files[s], f"data.{s}_file", cfg.cache_dir) for s in splits}
         )
     else:
-        raw = _load_synthetic(cfg)
+        raw = _load_synthetic(cfg, splits)
+    raw = datasets.DatasetDict({split: raw[split] for split in splits})
     limits = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples}
-    for split, limit in limits.items():
+    for split in splits:
+        limit = limits[split]
         if limit is not None and limit < len(raw[split]):
             raw[split] = raw[split].select(range(limit))
     return raw
@@ -161,7 +160,7 @@ def _squad_record(qa: dict, title: str, context: str, path: str, where: str) -> 
         ) from err
 
 
-def _load_synthetic(cfg: DataConfig) -> datasets.DatasetDict:
+def _load_synthetic(cfg: DataConfig, splits: tuple[str, ...]) -> datasets.DatasetDict:
     from qaexp.synthetic import iter_examples
 
     syn = cfg.synthetic
@@ -179,6 +178,6 @@ def _load_synthetic(cfg: DataConfig) -> datasets.DatasetDict:
                     "long_context_fraction": syn.long_context_fraction,
                 },
             )
-            for split in SPLITS
+            for split in splits
         }
     )

@@ -1,22 +1,36 @@
-"""Launch: decide devices and precision, and build the Accelerator that owns them.
+"""Launch: where a run executes. Decides devices and precision, builds the Accelerator, and
+starts the worker processes of a multi-process run.
 
-Everything about where the run executes is resolved here, so growing from one process to
-several workers changes this module only.
+Three ways a run executes:
+- one process (``hardware.num_processes=1``): the Hydra job trains in-process;
+- N workers started here (``hardware.num_processes=N``, or all visible GPUs with
+  ``hardware=multi_gpu``): the Hydra job resolves the config and builds the features once,
+  then starts N workers through torch's elastic launcher (the engine behind torchrun and
+  ``accelerate launch``). Workers never run Hydra; they receive the resolved config and share
+  the job's run directory;
+- an external launch (torchrun, ``accelerate launch``, SLURM ``srun``/submitit with several
+  tasks): every process already is a rank, so each joins the process group in-process.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
+from functools import cache
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DynamoBackend, TorchDynamoPlugin
 
-from qaexp.config import Device, HardwareConfig, MixedPrecision
+from qaexp.config import Device, HardwareConfig, MixedPrecision, QAExpConfig
 from qaexp.errors import QAExpError
+from qaexp.tracking import RunLabels
 
 log = logging.getLogger(__name__)
+
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
 def resolve_device(cfg: HardwareConfig) -> str:
@@ -103,3 +117,141 @@ def make_accelerator(
         dataloader_config=DataLoaderConfiguration(non_blocking=device == "gpu"),
         dynamo_plugin=dynamo,
     )
+
+
+# --- external launches ----------------------------------------------------------------------
+
+
+def external_world_size() -> int:
+    """World size of a launch that started this process as one rank (torchrun, accelerate
+    launch, srun); 1 when this process was started on its own."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return int(os.environ["WORLD_SIZE"])
+    if "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ["SLURM_NTASKS"])
+    return 1
+
+
+def external_rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def export_slurm_env() -> None:
+    """Under srun (e.g. the submitit SLURM launcher with one task per GPU) set the env://
+    variables torch.distributed reads, from SLURM's own."""
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export()
+
+
+@cache
+def agreed_run_stamp() -> str:
+    """A DATE/TIME stamp for the run directory, the same on every rank of one launch.
+
+    Under torchrun/accelerate launch the ranks agree through the elastic agent's store (the
+    first rank to ask sets it); under SLURM the job and step ids name the run. A process
+    started on its own uses its own clock.
+    """
+    now = datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    if external_world_size() == 1:
+        return now
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true":
+        store = torch.distributed.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+            timeout=datetime.timedelta(seconds=60),
+        )  # fmt: skip
+        key = f"qaexp/run_stamp/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        return store.compare_set(key, "", now).decode()
+    if "SLURM_JOB_ID" in os.environ:
+        return (
+            f"{now[:10]}/slurm-{os.environ['SLURM_JOB_ID']}-{os.environ.get('SLURM_STEP_ID', '0')}"
+        )
+    return now
+
+
+def quiet_other_ranks(rank: int) -> None:
+    """Only the main process logs below WARNING."""
+    if rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("qaexp").setLevel(logging.WARNING)
+
+
+# --- workers started here -------------------------------------------------------------------
+
+
+def requested_processes(cfg: HardwareConfig) -> int:
+    """How many workers to start: hardware.num_processes, or (0 = all) the visible GPUs."""
+    if cfg.num_processes == 0:
+        return max(torch.cuda.device_count(), 1) if resolve_device(cfg) == "gpu" else 1
+    return cfg.num_processes
+
+
+def _worker(config: dict, run_dir: str, labels: RunLabels | None) -> dict:
+    """Entry point of one worker: rebuild the typed config and train (no Hydra here)."""
+    from omegaconf import OmegaConf
+
+    from qaexp.train import train
+
+    rank = int(os.environ.get("RANK", "0"))
+    handlers = [logging.StreamHandler()]
+    if rank == 0:
+        handlers.append(logging.FileHandler(Path(run_dir) / "qaexp.log"))
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True)
+    quiet_other_ranks(rank)
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(QAExpConfig), config))
+    return train(cfg, Path(run_dir), labels)
+
+
+def launch_workers(
+    run_dir: Path, config: dict, num_processes: int, labels: RunLabels | None = None
+) -> dict:
+    """Start `num_processes` workers on this machine and return rank 0's summary.
+
+    The rendezvous store listens on a free loopback port picked by the OS, so concurrent
+    jobs never collide, and the port and processes are gone when this returns.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    launch_config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=num_processes,
+        run_id=f"qaexp-{os.getpid()}-{run_dir.name}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",
+        max_restarts=0,
+        monitor_interval=0.5,
+        start_method="spawn",
+    )
+    log.info("Starting %d worker processes (torch elastic launcher)", num_processes)
+    try:
+        results = elastic_launch(launch_config, _worker)(config, str(run_dir), labels)
+    except ChildFailedError as err:
+        rank, failure = next(iter(sorted(err.failures.items())))
+        raise RuntimeError(
+            f"Worker rank {rank} of {num_processes} failed (exit code {failure.exitcode}); "
+            f"see its traceback above and the log in {run_dir}."
+        ) from None
+    return results[0]
+
+
+def run_job(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | None = None) -> dict:
+    """Run one job here, in workers, or as one rank of an external launch. `labels` name
+    the run on dashboards (see qaexp.tracking)."""
+    from qaexp.train import prepare_data, resolved_config, train
+
+    world = external_world_size()
+    if world > 1:
+        export_slurm_env()
+        quiet_other_ranks(external_rank())
+        log.info("Joining an external launch of %d processes", world)
+        return train(cfg, run_dir, labels)
+    processes = requested_processes(cfg.hardware)
+    if processes == 1:
+        return train(cfg, run_dir, labels)
+    # Validate and build (or load cached) features once, before any worker starts.
+    prepare_data(cfg)
+    return launch_workers(run_dir, resolved_config(cfg), processes, labels)

@@ -4,6 +4,7 @@ initialised architectures for tests."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from transformers import (
@@ -50,7 +51,10 @@ def _from_pretrained(loader, name_or_path: str, key: str, **kwargs):
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     name = cfg.tokenizer or cfg.name_or_path
     key = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
-    tokenizer = _from_pretrained(AutoTokenizer, name, key)
+    return _require_fast(_from_pretrained(AutoTokenizer, name, key), name, key)
+
+
+def _require_fast(tokenizer: PreTrainedTokenizerBase, name: str, key: str):
     if not tokenizer.is_fast:
         raise QAExpError(
             f"{key}={name} has no fast (Rust) tokenizer; qaexp needs offset mappings, which "
@@ -75,3 +79,41 @@ def load_model(cfg: ModelConfig) -> PreTrainedModel:
     return _from_pretrained(
         AutoModelForQuestionAnswering, cfg.name_or_path, "model.name_or_path", **kwargs
     )
+
+
+def is_qa_checkpoint(model: PreTrainedModel) -> bool:
+    """Whether the weights were saved from a question-answering model, so that its QA head is
+    trained (a base checkpoint gets a freshly initialised head on load)."""
+    return any(a.endswith("ForQuestionAnswering") for a in model.config.architectures or [])
+
+
+def looks_like_local_path(name: str) -> bool:
+    """True for names that cannot be Hub ids ("./x", "/x", "~/x", "a/b/c"): a missing folder
+    is then a typo to report, not a model to fetch."""
+    return (
+        name.startswith((".", "/", "~"))
+        or name.count("/") >= 2
+        or (os.sep != "/" and os.sep in name)
+    )
+
+
+def load_qa_checkpoint(
+    name_or_path: str, key: str = "checkpoint"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A question-answering model and its tokenizer from a local folder, the local Hugging
+    Face cache or the Hub; `key` names the setting in error messages."""
+    if looks_like_local_path(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise QAExpError(
+            f"{key}={name_or_path}: no such folder. Point it at a checkpoint folder written by "
+            "save_pretrained (a qaexp run's outputs/runs/DATE/TIME/checkpoint, say) or at a "
+            "Hub model id such as distilbert-base-cased-distilled-squad."
+        )
+    tokenizer = _require_fast(_from_pretrained(AutoTokenizer, name_or_path, key), name_or_path, key)
+    model = _from_pretrained(AutoModelForQuestionAnswering, name_or_path, key)
+    if not is_qa_checkpoint(model):
+        log.warning(
+            "%s=%s was not saved as a question-answering model: its QA head is freshly "
+            "initialised, so its answers are random.",
+            key, name_or_path,
+        )  # fmt: skip
+    return model, tokenizer

@@ -108,6 +108,21 @@ class RunRecorder:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
+    def restore(self, history: list[dict], state_dir: Path | None) -> None:
+        """Continue a resumed run: its epochs so far, and (from another run directory) its
+        best checkpoint. metrics.jsonl is rewritten to hold exactly those epochs."""
+        self.history = list(history)
+        if not self.is_main or state_dir is None:
+            return
+        lines = "".join(json.dumps(r) + "\n" for r in self.history)
+        tmp = self.run_dir / f".{METRICS_FILE}.tmp"
+        tmp.write_text(lines, encoding="utf-8")
+        os.replace(tmp, self.run_dir / METRICS_FILE)
+        source = Path(state_dir).resolve().parent / CHECKPOINT_DIR
+        target = self.run_dir / CHECKPOINT_DIR
+        if source.is_dir() and source.resolve() != target.resolve():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+
     @property
     def best(self) -> dict | None:
         return max(self.history, key=lambda r: r["f1"], default=None)

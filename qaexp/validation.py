@@ -18,7 +18,6 @@ POSITIVE_KEYS = (
     "max_length", "stride", "n_best", "max_answer_length", "trainer.epochs",
     "trainer.train_batch_size", "trainer.eval_batch_size",
     "trainer.gradient_accumulation_steps", "trainer.pad_to_multiple_of",
-    "hardware.num_processes",
 )  # fmt: skip
 
 
@@ -35,6 +34,11 @@ def validate_settings(cfg: QAExpConfig) -> None:
         value = _get(cfg, key)
         if value < 1 and not (key == "trainer.epochs" and value == 0):
             raise QAExpError(f"{key}={value}: must be a positive integer.")
+    if cfg.hardware.num_processes < 0:
+        raise QAExpError(
+            f"hardware.num_processes={cfg.hardware.num_processes}: use a positive number of "
+            "processes, or 0 for one per visible GPU."
+        )
     if cfg.optimizer.lr <= 0:
         raise QAExpError(f"optimizer.lr={cfg.optimizer.lr}: must be positive.")
     if not 0 <= cfg.optimizer.warmup_ratio < 1:
@@ -75,41 +79,105 @@ def warn_static_compile(cfg: QAExpConfig) -> None:
 def validate_windows(
     cfg: QAExpConfig, tokenizer: PreTrainedTokenizerBase, raw: datasets.DatasetDict
 ) -> None:
+    """Every split's questions fit a window of max_length with stride (see check_windows)."""
+    for split, examples in raw.items():
+        check_windows(examples["question"], tokenizer, cfg.max_length, cfg.stride, split)
+
+
+def check_windows(
+    questions: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    stride: int,
+    label: str,
+) -> None:
     """The longest question must leave room for context, and the stride must be smaller
-    than that room (the tokenizer cannot slide a window otherwise)."""
+    than that room (the tokenizer cannot slide a window otherwise: it panics)."""
     limit = getattr(tokenizer, "model_max_length", None)
-    if limit is not None and limit < 100_000 and cfg.max_length > limit:
+    if limit is not None and limit < 100_000 and max_length > limit:
         raise QAExpError(
-            f"max_length={cfg.max_length} is longer than the model accepts ({limit} tokens, "
+            f"max_length={max_length} is longer than the model accepts ({limit} tokens, "
             f"its position embeddings); use max_length={limit} or less."
         )
     specials = tokenizer.num_special_tokens_to_add(pair=True)
+    stripped = [q.strip() for q in questions]
+    lengths = np.array(
+        [len(ids) for ids in tokenizer(stripped, add_special_tokens=False)["input_ids"]]
+    )
+    room = max_length - specials - int(lengths.max())
+    if room < 1:
+        too_long = int((lengths + specials >= max_length).sum())
+        raise QAExpError(
+            f"max_length={max_length} leaves no room for context: {too_long} {label} "
+            f"question(s) take {int(lengths.max())} tokens or more (plus {specials} special "
+            "tokens). Raise max_length or drop those questions."
+        )
+    if stride >= room:
+        raise QAExpError(
+            f"stride={stride} must be smaller than the room left for context in a "
+            f"window: max_length={max_length} minus the longest {label} question "
+            f"({int(lengths.max())} tokens) minus {specials} special tokens = {room}. Use "
+            f"stride={max(room // 2, 1)} or raise max_length."
+        )
+
+
+def _answer_problems(examples: datasets.Dataset) -> tuple[list[int], list[int]]:
+    """Rows without any answer, and rows with an answer whose answer_start does not point at
+    its text in the context."""
+    contexts = examples["context"]
+    answers = examples["answers"]
+    missing, misplaced = [], []
+    for row, (context, answer) in enumerate(zip(contexts, answers, strict=True)):
+        texts, starts = answer["text"], answer["answer_start"]
+        if not texts or len(texts) != len(starts):
+            missing.append(row)
+        elif any(context[s : s + len(t)] != t for t, s in zip(texts, starts, strict=True)):
+            misplaced.append(row)
+    return missing, misplaced
+
+
+def _duplicate_ids(examples: datasets.Dataset) -> list[str]:
+    seen, repeated = set(), []
+    for example_id in examples["id"]:
+        if example_id in seen:
+            repeated.append(example_id)
+        seen.add(example_id)
+    return repeated
+
+
+def check_examples(raw: datasets.DatasetDict) -> tuple[datasets.DatasetDict, dict[str, int]]:
+    """Refuse duplicate ids and empty splits; leave training examples with a missing or
+    misplaced answer out of training (counted and reported, never trained on)."""
+    report: dict[str, int] = {}
     for split, examples in raw.items():
         if len(examples) == 0:
             raise QAExpError(f"The {split} split has no examples; check the data settings.")
-        questions = [q.strip() for q in examples["question"]]
-        lengths = np.array(
-            [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
-        )
-        room = cfg.max_length - specials - int(lengths.max())
-        if room < 1:
-            too_long = int((lengths + specials >= cfg.max_length).sum())
+        repeated = _duplicate_ids(examples)
+        if repeated:
             raise QAExpError(
-                f"max_length={cfg.max_length} leaves no room for context: {too_long} {split} "
-                f"question(s) take {int(lengths.max())} tokens or more (plus {specials} special "
-                "tokens). Raise max_length or drop those questions."
+                f"The {split} split has {len(repeated)} duplicate question id(s) (first: "
+                f"{repeated[0]!r}); every question needs its own id for predictions and scores."
             )
-        if cfg.stride >= room:
+        missing, misplaced = _answer_problems(examples)
+        report[f"{split}_without_answer"] = len(missing)
+        report[f"{split}_misplaced_answers"] = len(misplaced)
+        if split == "train" and (missing or misplaced):
+            bad = set(missing) | set(misplaced)
+            log.warning(
+                "Leaving %d of %d training examples out: %d without an answer, %d whose "
+                "answer_start does not point at the answer text (first ids: %s)",
+                len(bad), len(examples), len(missing), len(misplaced),
+                ", ".join(examples.select(sorted(bad)[:3])["id"]),
+            )  # fmt: skip
+            raw[split] = examples.select([i for i in range(len(examples)) if i not in bad])
+        elif split != "train" and missing:
             raise QAExpError(
-                f"stride={cfg.stride} must be smaller than the room left for context in a "
-                f"window: max_length={cfg.max_length} minus the longest {split} question "
-                f"({int(lengths.max())} tokens) minus {specials} special tokens = {room}. Use "
-                f"stride={max(room // 2, 1)} or raise max_length."
+                f"{len(missing)} {split} question(s) have no gold answer (first id: "
+                f"{examples[missing[0]]['id']!r}); SQuAD v1.1 scoring needs at least one."
             )
-
-
-def validate_config(
-    cfg: QAExpConfig, tokenizer: PreTrainedTokenizerBase, raw: datasets.DatasetDict
-) -> None:
-    validate_settings(cfg)
-    validate_windows(cfg, tokenizer, raw)
+        elif misplaced:
+            log.warning(
+                "%d %s answers' answer_start does not point at their text; scoring uses the "
+                "texts only, so the scores are unaffected", len(misplaced), split,
+            )  # fmt: skip
+    return raw, report

@@ -59,9 +59,16 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=False)
 
 
-def run_qaexp(args: list[str], cwd: Path, timeout: int = 600, module: str = "qaexp"):
+def run_qaexp(
+    args: list[str], cwd: Path, timeout: int = 600, module: str = "qaexp", env: dict | None = None
+):
     """Run `python -m <module> args` in a subprocess; returns the CompletedProcess."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        **(env or {}),
+    }
     env.pop("WANDB_API_KEY", None)
     return subprocess.run(
         [sys.executable, "-m", module, *args],
@@ -87,4 +94,61 @@ TINY_RUN = [
     "stride=32",
     "trainer.epochs=2",
     "trainer.train_batch_size=16",
+    "logger=none",  # wandb is the default logger; tests of tracking turn it on themselves
 ]
+
+
+EPOCH_KEYS = {
+    "epoch", "step", "train_loss", "exact_match", "f1", "train_seconds",
+    "train_samples_per_second", "eval_seconds",
+}  # fmt: skip
+SUMMARY_KEYS = {
+    "status", "best_epoch", "best_exact_match", "best_f1", "final_exact_match", "final_f1",
+    "train_examples", "train_features", "eval_examples", "eval_features", "wall_seconds",
+    "versions", "git_commit", "config",
+}  # fmt: skip
+
+
+def assert_run_dir_contract(run_dir: Path, epochs: list[int]) -> dict:
+    """Check every file of a completed run directory; return its summary."""
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == epochs
+    for record in records:
+        assert record.keys() >= EPOCH_KEYS
+        assert 0 <= record["exact_match"] <= record["f1"] <= 100
+        if record["epoch"] > 0:
+            assert record["train_samples_per_second"] > 0
+    steps = [r["step"] for r in records]
+    assert steps == sorted(steps)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary.keys() >= SUMMARY_KEYS
+    assert summary["status"] == "completed"
+    assert summary["best_f1"] == max(r["f1"] for r in records)
+    assert summary["final_f1"] == records[-1]["f1"]
+    assert "torch" in summary["versions"]
+    predictions = json.loads((run_dir / "predictions.json").read_text())
+    assert len(predictions) == summary["eval_examples"]
+    assert (run_dir / "checkpoint" / "config.json").is_file()
+    assert (run_dir / "checkpoint" / "tokenizer.json").is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(".") and p.name != ".hydra"]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
+    return summary
+
+
+@pytest.fixture(scope="session")
+def tiny_qa_checkpoint(tmp_path_factory, minilm_tokenizer) -> Path:
+    """A randomly initialised one-layer BERT QA model + the MiniLM tokenizer, saved as a
+    plain save_pretrained folder (what a run's checkpoint/ holds)."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering, BertConfig
+
+    config = BertConfig(
+        vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_qa") / "checkpoint"
+    AutoModelForQuestionAnswering.from_config(config).save_pretrained(folder)
+    minilm_tokenizer.save_pretrained(folder)
+    return folder

@@ -102,3 +102,17 @@ def test_cli_unknown_option_exits_nonzero(tmp_path):
     result = run_qaexp(["model=bert-large-nonexistent"], cwd=tmp_path, timeout=120)
     assert result.returncode != 0
     assert "bert-large-nonexistent" in result.stderr
+
+
+def test_engine_is_a_checked_choice():
+    cfg = OmegaConf.to_object(compose(["trainer.engine=hf"]))
+    assert cfg.trainer.engine.value == "hf"
+    assert OmegaConf.to_object(compose([])).trainer.engine.value == "accelerate"
+    with pytest.raises(ConfigCompositionException, match="trainer.engine") as err:
+        compose(["trainer.engine=pytorch"])
+    assert "accelerate" in str(err.value.__cause__)  # the valid choices are listed
+
+
+def test_hub_settings_default_to_no_push():
+    hub = OmegaConf.to_object(compose(["hub.repo_id=me/model"])).hub
+    assert (hub.push, hub.repo_id, hub.private) == (False, "me/model", False)

@@ -316,3 +316,60 @@ def test_train_labels_decode_to_answers(squad_train, minilm_tokenizer):
     # labelled from "1860") map to a slightly longer span; nearly all map exactly.
     assert labelled > 2900
     assert matched / labelled > 0.98
+
+
+# --- properties on random contexts ---------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+WORDS = [
+    "alpha",
+    "beta",
+    "Gamma",
+    "delta-epsilon",
+    "1987",
+    "U.S.",
+    "naïve",
+    "x",
+    "long-word",
+    "(paren)",
+    "42,000",
+]
+
+
+@st.composite
+def windowed_example(draw):
+    words = draw(st.lists(st.sampled_from(WORDS), min_size=3, max_size=80))
+    context = " ".join(words)
+    first = draw(st.integers(0, len(words) - 1))
+    last = draw(st.integers(first, min(first + 4, len(words) - 1)))
+    start = len(" ".join(words[:first])) + (1 if first else 0)
+    answer = " ".join(words[first : last + 1])
+    question = " ".join(draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=6)))
+    max_length = draw(st.integers(24, 96))
+    stride = draw(st.integers(1, 8))
+    return {"id": ["q"], "question": [question], "context": [context],
+            "answers": [{"text": [answer], "answer_start": [start]}]}, max_length, stride  # fmt: skip
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(case=windowed_example())
+def test_labels_always_decode_to_the_answer_or_are_zero(minilm_tokenizer, case):
+    ex, max_length, stride = case
+    feats = prepare_train_features(ex, minilm_tokenizer, max_length, stride)
+    evals = prepare_eval_features(ex, minilm_tokenizer, max_length, stride)
+    assert labels_of(feats) == reference_labels(ex, minilm_tokenizer, max_length, stride)
+    answer, start = ex["answers"][0]["text"][0], ex["answers"][0]["answer_start"][0]
+    context = ex["context"][0]
+    assert len(feats["input_ids"]) == len(evals["offset_mapping"])
+    for (s, e), offsets in zip(labels_of(feats), evals["offset_mapping"], strict=True):
+        assert all(len(ids) <= max_length for ids in feats["input_ids"])
+        if (s, e) == (0, 0):
+            continue
+        assert offsets[s] is not None and offsets[e] is not None and s <= e
+        # the labelled tokens cover the answer and stay inside the word pieces around it
+        assert offsets[s][0] <= start and offsets[e][1] >= start + len(answer)
+        assert answer in context[offsets[s][0] : offsets[e][1]]

@@ -1,0 +1,123 @@
+"""The comparison plot: F1 per epoch (one line per run) over best F1 by sweep parameter.
+
+Drawn with matplotlib's object API on the Agg canvas: no pyplot, no display, no global
+backend switch, so it works in batch jobs and inside a Hydra callback.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from qaexp.compare import RunResult
+
+MAX_LABELLED_RUNS = 10  # more lines than this: the rest are drawn grey, without a legend entry
+MAX_PARAMETER_PANELS = 5  # the Optuna space has 5 dimensions
+
+
+def run_label(run: RunResult, keys: list[str]) -> str:
+    """`3: max_length=256, stride=64` (the run folder, then its differing overrides)."""
+    from qaexp.compare import short_value
+
+    parts = [f"{k}={short_value(run.overrides[k])}" for k in keys if k in run.overrides]
+    suffix = "" if run.completed else f" [{run.status}]"
+    return f"{run.label}: {', '.join(parts)}{suffix}" if parts else f"{run.label}{suffix}"
+
+
+def run_colors(runs: list[RunResult]) -> dict[str, str]:
+    """One colour per run, shared by every panel: the best MAX_LABELLED_RUNS get tab10
+    colours (runs ranked best first), the rest grey."""
+    return {run.label: f"C{i}" if i < MAX_LABELLED_RUNS else "0.75" for i, run in enumerate(runs)}
+
+
+def plot_f1_per_epoch(ax: Axes, runs: list[RunResult], keys: list[str]) -> None:
+    """One line per run (runs ranked best first); runs that did not complete are dashed."""
+    colors = run_colors(runs)
+    for i, run in enumerate(runs):
+        epochs = [e["epoch"] for e in run.epochs]
+        f1 = [e["f1"] for e in run.epochs]
+        style = "-" if run.completed else "--"
+        if i < MAX_LABELLED_RUNS:
+            ax.plot(epochs, f1, style, marker="o", color=colors[run.label],
+                    label=run_label(run, keys))  # fmt: skip
+        elif epochs:
+            ax.plot(epochs, f1, style, color=colors[run.label], linewidth=0.8, zorder=0)
+    if len(runs) > MAX_LABELLED_RUNS:
+        ax.plot([], [], color="0.75", label=f"{len(runs) - MAX_LABELLED_RUNS} more runs")
+    epochs = sorted({e["epoch"] for run in runs for e in run.epochs})
+    if epochs and len(epochs) <= 12:
+        ax.set_xticks(epochs)
+    ax.margins(x=0.1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("dev F1 (%)")
+    ax.set_title("F1 per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+
+
+def _as_numbers(values: list[str]) -> list[float] | None:
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        return None
+
+
+def plot_best_f1_by(ax: Axes, runs: list[RunResult], key: str) -> None:
+    """Best F1 of each completed run against one sweep parameter, with the mean per value."""
+    done = [r for r in runs if r.completed and r.best]
+    values = [r.overrides.get(key, "default") for r in done]
+    best = [r.best["f1"] for r in done]
+    numbers = _as_numbers(values)
+    if numbers is None:  # categorical: one slot per distinct value, in first-seen order
+        slots = {v: i for i, v in enumerate(dict.fromkeys(sorted(values)))}
+        xs = [float(slots[v]) for v in values]
+        ax.set_xticks(list(slots.values()), list(slots), rotation=20)
+    else:
+        xs = numbers
+        distinct = sorted(set(xs))
+        if distinct and distinct[0] > 0 and distinct[-1] / distinct[0] >= 10:
+            ax.set_xscale("log")
+        if len(distinct) <= 6:
+            ax.set_xticks(distinct, [f"{x:g}" for x in distinct])
+    by_x: dict[float, list[float]] = defaultdict(list)
+    for x, f1 in zip(xs, best, strict=True):
+        by_x[x].append(f1)
+    colors = run_colors(runs)
+    ax.scatter(xs, best, c=[colors[r.label] for r in done], s=40, zorder=3)
+    if len(by_x) < len(xs):  # a mean per value only where values repeat (a grid, not lr)
+        means = sorted((x, sum(v) / len(v)) for x, v in by_x.items())
+        ax.plot([m[0] for m in means], [m[1] for m in means], "-", color="0.4", linewidth=1,
+                zorder=2, label="mean of runs")  # fmt: skip
+    ax.margins(x=0.15)
+    ax.set_xlabel(key)
+    ax.set_title(f"best F1 by {key}")
+    ax.grid(alpha=0.3)
+
+
+def plot_comparison(runs: list[RunResult], keys: list[str], path: Path) -> None:
+    """Write the comparison figure as a PNG to `path` (runs ranked best first)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = keys[:MAX_PARAMETER_PANELS]
+    columns = max(len(panels), 2)
+    fig = Figure(figsize=(4.2 * columns, 8.0 if panels else 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2 if panels else 1, columns)
+    plot_f1_per_epoch(fig.add_subplot(grid[0, :]), runs, keys)
+    shared = None
+    for i, key in enumerate(panels):
+        ax = fig.add_subplot(grid[1, i], sharey=shared)
+        shared = shared or ax
+        plot_best_f1_by(ax, runs, key)
+        if i == 0:
+            ax.set_ylabel("best dev F1 (%)")
+        if ax.get_legend_handles_labels()[0] and not any(a.get_legend() for a in fig.axes[1:]):
+            ax.legend(fontsize=8, frameon=False)
+    completed = sum(r.completed for r in runs)
+    fig.suptitle(f"{len(runs)} runs ({completed} completed)")
+    fig.savefig(path, format="png", dpi=110)

@@ -1,0 +1,291 @@
+"""The question-answering pipeline that transformers 5 removed, in qaexp.
+
+    import qaexp
+    qa = qaexp.pipeline("outputs/runs/DATE/TIME/checkpoint")
+    qa(question="Who wrote it?", context="It was written by Ada Lovelace.")
+    # {"answer": "Ada Lovelace", "score": 0.97, "start": 18, "end": 30}
+
+The interface is that of the transformers 4.x ``question-answering`` pipeline: keyword
+``question``/``context`` (strings or lists), a dict or a list of dicts, ``top_k``,
+``max_answer_len``, ``max_seq_len``/``doc_stride`` (here also ``max_length``/``stride``),
+``batch_size`` and ``device`` (the GPU when there is one). Answers agree with qaexp's
+evaluation by construction: contexts are cut into the same windows
+(`qaexp.features.prepare_eval_features`), batched by the same collator
+(`qaexp.batching.make_eval_loader`), and searched by the same n-best post-processing
+(`qaexp.postprocess.postprocess_nbest`).
+
+Shapes: one question gives one result, a list gives a list of results in input order; a
+result is a dict, or with ``top_k`` > 1 a list of up to ``top_k`` dicts, best first. (The old
+pipeline also returned a bare dict for a list of one question, and for top_k > 1 when only one
+span was possible; here the shape depends on the call alone, never on the data.) ``score`` is
+the softmax of start + end logits over all valid spans of the example, in all its windows;
+``start``/``end`` are character offsets, ``context[start:end] == answer``.
+
+The module is callable, so ``qaexp.pipeline(...)`` works whether or not this module was
+imported first (``qaexp.pipeline`` is both the module and the function's name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import types
+from collections.abc import Mapping, Sequence
+from os import PathLike
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from qaexp.batching import FEATURE_INDEX, make_eval_loader
+from qaexp.config import TrainerConfig
+from qaexp.errors import QAExpError
+from qaexp.features import prepare_eval_features
+from qaexp.modeling import load_qa_checkpoint
+from qaexp.postprocess import postprocess_nbest
+from qaexp.validation import check_windows
+
+__all__ = ["AnswerSettings", "QuestionAnsweringPipeline", "pipeline"]
+
+log = logging.getLogger(__name__)
+
+# The old pipeline's argument names, and qaexp's config names, for the same settings.
+ALIASES = {
+    "max_seq_len": "max_length",
+    "doc_stride": "stride",
+    "max_answer_length": "max_answer_len",
+    "topk": "top_k",
+}
+NO_ANSWER = {"answer": "", "score": 0.0, "start": 0, "end": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class AnswerSettings:
+    """How answers are searched; every field can be set per pipeline and per call."""
+
+    top_k: int = 1  # answers per question
+    max_answer_len: int = 30  # longest answer, in tokens (qaexp's max_answer_length)
+    max_length: int | None = None  # tokens per window; None: min(the model's limit, 384)
+    stride: int | None = None  # tokens shared by windows; None: min(max_length // 2, 128)
+    n_best: int = 20  # start/end candidates per window (raised to top_k when smaller)
+    batch_size: int = 32  # windows per forward pass
+
+    def updated(self, **overrides: Any) -> AnswerSettings:
+        """A copy with `overrides` applied (old names accepted), checked."""
+        names = {f.name for f in dataclasses.fields(self)}
+        changes = {}
+        for key, value in overrides.items():
+            name = ALIASES.get(key, key)
+            if name not in names:
+                raise TypeError(
+                    f"unknown argument {key!r}; the pipeline takes {sorted(names | set(ALIASES))}"
+                )
+            changes[name] = value
+        settings = dataclasses.replace(self, **changes)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            optional = f.name in ("max_length", "stride")
+            if value is None and optional:
+                continue
+            smallest = 0 if f.name == "stride" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+                raise QAExpError(
+                    f"{f.name}={value!r}: must be an integer of at least {smallest}"
+                    f"{' (or None for the default)' if optional else ''}."
+                )
+
+    def windows(self, tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+        """max_length and stride, with the old pipeline's defaults for the ones left None."""
+        limit = getattr(tokenizer, "model_max_length", None) or 384
+        max_length = self.max_length or min(limit, 384)
+        stride = self.stride if self.stride is not None else min(max_length // 2, 128)
+        return max_length, stride
+
+
+def resolve_device(device: str | int | torch.device | None) -> torch.device:
+    """None/"auto": the first GPU when there is one, else the CPU; an int is a CUDA index
+    (-1: the CPU), as in the old pipeline; "gpu" means "cuda"."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, int):
+        return torch.device("cpu") if device < 0 else torch.device("cuda", device)
+    try:
+        resolved = torch.device("cuda" if device == "gpu" else device)
+    except (RuntimeError, TypeError) as err:
+        raise QAExpError(
+            f"device={device!r} is not a device (use auto, cpu, cuda or cuda:N)."
+        ) from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise QAExpError(f"device={device!r}, but PyTorch sees no CUDA device; use device=cpu.")
+    return resolved
+
+
+def _record(item: object, where: str) -> dict[str, str]:
+    if not isinstance(item, Mapping):
+        raise QAExpError(f"{where} must be a dict with 'question' and 'context', got {item!r:.80}.")
+    for key in ("question", "context"):
+        if not isinstance(item.get(key), str):
+            raise QAExpError(f"{where} needs a string {key!r}, got {item.get(key)!r:.80}.")
+    return {"question": item["question"], "context": item["context"]}
+
+
+def as_records(
+    args: tuple, question: str | Sequence[str] | None, context: str | Sequence[str] | None
+) -> tuple[list[dict[str, str]], bool]:
+    """The call's inputs as question/context records, and whether it asked one question."""
+    if args:
+        if len(args) > 1 or question is not None or context is not None:
+            raise QAExpError(
+                "Pass the inputs one way: question=... and context=..., or one dict, or one "
+                "list of dicts with 'question' and 'context'."
+            )
+        data = args[0]
+        if isinstance(data, Mapping):
+            return [_record(data, "the input")], True
+        if isinstance(data, (list, tuple)):
+            return [_record(d, f"input {i}") for i, d in enumerate(data)], False
+        raise QAExpError(f"Expected a dict or a list of dicts, got {type(data).__name__}.")
+    if question is None or context is None:
+        raise QAExpError("Both question= and context= are needed.")
+    if isinstance(question, str) and isinstance(context, str):
+        return [_record({"question": question, "context": context}, "the input")], True
+    questions = [question] if isinstance(question, str) else list(question)
+    contexts = [context] if isinstance(context, str) else list(context)
+    if len(questions) == 1 < len(contexts):
+        questions *= len(contexts)  # one question about several contexts
+    elif len(contexts) == 1 < len(questions):
+        contexts *= len(questions)  # several questions about one context
+    if len(questions) != len(contexts):
+        raise QAExpError(
+            f"{len(questions)} questions and {len(contexts)} contexts: pass one context per "
+            "question, or one context for all of them."
+        )
+    pairs = zip(questions, contexts, strict=True)
+    return [
+        _record({"question": q, "context": c}, f"input {i}") for i, (q, c) in enumerate(pairs)
+    ], False
+
+
+class QuestionAnsweringPipeline:
+    """Answers questions about contexts with an extractive QA model (see the module doc)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        device: torch.device,
+        settings: AnswerSettings,
+    ):
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.settings = settings
+
+    def __call__(
+        self,
+        *args: Any,
+        question: str | Sequence[str] | None = None,
+        context: str | Sequence[str] | None = None,
+        **settings: Any,
+    ) -> dict | list:
+        chosen = self.settings.updated(**settings)
+        records, single = as_records(args, question, context)
+        ids = [str(i) for i in range(len(records))]
+        examples = datasets.Dataset.from_dict(
+            {
+                "id": ids,
+                "question": [r["question"] for r in records],
+                "context": [r["context"] for r in records],
+            }
+        )
+        answers = self.answer(examples, chosen)
+        results = [answers[i] if chosen.top_k > 1 else (answers[i] or [NO_ANSWER])[0] for i in ids]
+        return results[0] if single else results
+
+    def answer(
+        self, examples: datasets.Dataset, settings: AnswerSettings | None = None
+    ) -> dict[str, list[dict]]:
+        """The best `top_k` answers of every example (columns id, question, context), by id:
+        lists of ``{"answer", "score", "start", "end"}``, best first, ``[]`` when none."""
+        s = settings or self.settings
+        if len(examples) == 0:
+            return {}
+        max_length, stride = s.windows(self.tokenizer)
+        check_windows(examples["question"], self.tokenizer, max_length, stride, "input")
+        batch = examples.select_columns(["id", "question", "context"]).to_dict()
+        features = datasets.Dataset.from_dict(
+            prepare_eval_features(batch, self.tokenizer, max_length, stride)
+        )
+        start, end = self.window_logits(features, s.batch_size, max_length)
+        nbest = postprocess_nbest(
+            examples, features, start, end, n_best=max(s.n_best, s.top_k),
+            max_answer_length=s.max_answer_len, top_k=s.top_k,
+        )  # fmt: skip
+        return {
+            example_id: [
+                {"answer": c["text"], "score": c["score"], "start": c["start"], "end": c["end"]}
+                for c in candidates
+            ]
+            for example_id, candidates in nbest.items()
+        }
+
+    def window_logits(
+        self, features: datasets.Dataset, batch_size: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(windows, width) start and end logits, row i for window i, padding at -inf."""
+        loader = make_eval_loader(
+            features, self.tokenizer, TrainerConfig(eval_batch_size=batch_size), width
+        )
+        start = np.full((len(features), width), -np.inf, dtype=np.float32)
+        end = np.full((len(features), width), -np.inf, dtype=np.float32)
+        with torch.inference_mode():
+            for batch in loader:
+                index = batch.pop(FEATURE_INDEX).numpy()
+                out = self.model(**batch.to(self.device))
+                w = min(out.start_logits.shape[1], width)
+                start[index, :w] = out.start_logits[:, :w].float().cpu().numpy()
+                end[index, :w] = out.end_logits[:, :w].float().cpu().numpy()
+        return start, end
+
+
+def pipeline(
+    checkpoint: str | PathLike | torch.nn.Module,
+    tokenizer: str | PreTrainedTokenizerBase | None = None,
+    device: str | int | torch.device | None = None,
+    **settings: Any,
+) -> QuestionAnsweringPipeline:
+    """A question-answering pipeline for `checkpoint`: a folder written by save_pretrained (a
+    qaexp run's checkpoint/), a Hub id, or a loaded QA model (then pass its `tokenizer`).
+
+    `settings` are the defaults of every call: top_k, max_answer_len, max_length (or
+    max_seq_len), stride (or doc_stride), n_best, batch_size; see `AnswerSettings`.
+    """
+    chosen = AnswerSettings().updated(**settings)
+    if isinstance(checkpoint, torch.nn.Module):
+        if tokenizer is None:
+            raise QAExpError("A model object needs its tokenizer: pipeline(model, tokenizer=...).")
+        model = checkpoint
+    else:
+        model, loaded = load_qa_checkpoint(str(checkpoint), "checkpoint")
+        tokenizer = tokenizer or loaded
+    if isinstance(tokenizer, str):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    return QuestionAnsweringPipeline(model, tokenizer, resolve_device(device), chosen)
+
+
+class _CallableModule(types.ModuleType):
+    """`qaexp.pipeline(...)` calls `pipeline` even when `qaexp.pipeline` names this module
+    (importing a submodule binds its name on the package, hiding a function of that name)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> QuestionAnsweringPipeline:
+        return pipeline(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,239 @@
+"""Ask a trained model questions from the command line (the `qaexp.pipeline` behind it).
+
+    python -m qaexp.predict checkpoint=PATH question="Who wrote it?" context="..."
+    python -m qaexp.predict checkpoint=PATH input=questions.jsonl [output=answers.json] [top_k=3]
+
+One question prints its answer, score and character span. ``input=FILE`` answers every
+question of a JSON list or JSON-lines file of ``{"id"?, "question", "context"}`` records, or
+of an official SQuAD JSON file, in batches, and writes ``{id: answer}`` (the official SQuAD
+prediction format) to ``output`` (default: ``<input>.predictions.json`` next to the input);
+with ``top_k`` > 1 also the ranked answers with scores and spans to ``<output>.nbest.json``.
+When the file holds gold answers (SQuAD JSON), the log adds EM/F1 against them.
+
+Arguments are ``key=value`` words, read verbatim: a question or context may hold commas,
+colons, quotes or ``$``, which a Hydra override would try to parse. Bad input gets one
+paragraph on stderr and exit code 2, as in ``python -m qaexp``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import get_type_hints
+
+import datasets
+
+from qaexp.errors import QAExpError
+
+log = logging.getLogger("qaexp.predict")
+
+USAGE = (
+    "usage: python -m qaexp.predict checkpoint=PATH_OR_HUB_ID "
+    "(question=TEXT context=TEXT | input=FILE [output=FILE]) [top_k=1] [max_length=384] "
+    "[stride=128] [max_answer_length=30] [n_best=20] [batch_size=32] [device=auto]"
+)
+
+
+@dataclasses.dataclass
+class PredictConfig:
+    checkpoint: str | None = None  # a checkpoint folder (a run's checkpoint/) or a Hub id
+    question: str | None = None
+    context: str | None = None
+    input: str | None = None  # JSON list, JSON lines, or official SQuAD JSON
+    output: str | None = None  # default: <input>.predictions.json next to the input
+    top_k: int = 1
+    max_length: int = 384
+    stride: int = 128
+    max_answer_length: int = 30
+    n_best: int = 20
+    batch_size: int = 32
+    device: str = "auto"  # auto (GPU when there is one), cpu, cuda, cuda:N
+
+
+def parse_args(argv: list[str]) -> PredictConfig:
+    """`key=value` words into a PredictConfig; integers are checked, text is kept verbatim."""
+    types = get_type_hints(PredictConfig)
+    values: dict[str, object] = {}
+    for word in argv:
+        key, sep, value = word.partition("=")
+        if not sep or key not in types:
+            known = ", ".join(types)
+            raise QAExpError(f"{word!r} is not a known key=value argument (keys: {known}). {USAGE}")
+        if types[key] is int:
+            try:
+                values[key] = int(value)
+            except ValueError:
+                raise QAExpError(f"{key}={value}: must be an integer.") from None
+        else:
+            values[key] = value
+    cfg = PredictConfig(**values)
+    if not cfg.checkpoint:
+        raise QAExpError(f"checkpoint=PATH is required. {USAGE}")
+    single = cfg.question is not None or cfg.context is not None
+    if single == (cfg.input is not None):
+        raise QAExpError(f"Give either question= and context=, or input=FILE. {USAGE}")
+    if single and (cfg.question is None or cfg.context is None):
+        raise QAExpError("question= needs a context= to answer from, and context= a question=.")
+    return cfg
+
+
+def _is_squad_json(document: object) -> bool:
+    return isinstance(document, dict) and isinstance(document.get("data"), list)
+
+
+def _records_from_json(path: Path, document: object) -> list[object]:
+    if not isinstance(document, list):
+        raise QAExpError(
+            f"input={path}: expected a JSON list of {{question, context}} records, JSON lines, "
+            'or official SQuAD JSON ({"data": [...]}), got a JSON '
+            f"{type(document).__name__}."
+        )
+    return document
+
+
+def _read_jsonl(path: Path, text: str) -> list[dict]:
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise QAExpError(
+                f"input={path}: line {number} is not valid JSON ({err.msg}, column {err.colno})."
+            ) from err
+    return records
+
+
+def _as_dataset(path: Path, records: list[object]) -> datasets.Dataset:
+    """Records as a Dataset with id/question/context/answers (ids default to positions)."""
+    ids, questions, contexts = [], [], []
+    for i, record in enumerate(records):
+        where = f"input={path}: record {i}"
+        if not isinstance(record, dict):
+            raise QAExpError(f"{where} is not a JSON object.")
+        for key in ("question", "context"):
+            if not isinstance(record.get(key), str):
+                raise QAExpError(f"{where} needs a string {key!r}.")
+        ids.append(str(record.get("id", i)))
+        questions.append(record["question"])
+        contexts.append(record["context"])
+    if not ids:
+        raise QAExpError(f"input={path} holds no questions.")
+    return datasets.Dataset.from_dict({"id": ids, "question": questions, "context": contexts})
+
+
+def read_questions(file: str) -> datasets.Dataset:
+    """The questions of `file`: JSON list, JSON lines, or official SQuAD JSON (with answers)."""
+    from qaexp.data import load_squad_json
+
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise QAExpError(f"input={file}: no such file ({path.resolve()}).")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise QAExpError(f"input={file} is not UTF-8 text ({err}).") from err
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        if err.msg != "Extra data":  # "Extra data": several JSON values, i.e. JSON lines
+            raise QAExpError(
+                f"input={file} is not valid JSON (line {err.lineno}, column {err.colno}: "
+                f"{err.msg})."
+            ) from err
+        document = _read_jsonl(path, text)
+    if _is_squad_json(document):
+        examples = load_squad_json(str(path), "input")
+    else:
+        examples = _as_dataset(path, _records_from_json(path, document))
+    if len(set(examples["id"])) != len(examples):
+        raise QAExpError(f"input={file}: ids must be unique; some ids appear twice.")
+    return examples
+
+
+def default_output(cfg: PredictConfig) -> Path:
+    if cfg.output:
+        return Path(cfg.output).expanduser()
+    source = Path(cfg.input).expanduser()
+    return source.with_name(f"{source.stem}.predictions.json")
+
+
+def show(answers: dict | list) -> None:
+    """Print one question's answer(s): stdout is this tool's product, so print, not log."""
+    ranked = answers if isinstance(answers, list) else [answers]
+    if not ranked or not ranked[0]["answer"]:
+        print("no answer found in the context")
+        return
+    for rank, a in enumerate(ranked, start=1):
+        prefix = f"{rank}. " if len(ranked) > 1 else ""
+        print(f"{prefix}answer: {a['answer']}")
+        print(
+            f"{' ' * len(prefix)}score: {a['score']:.4f}  span: characters {a['start']}-{a['end']}"
+        )
+
+
+def answer_file(qa, examples: datasets.Dataset, cfg: PredictConfig) -> Path:
+    """Answer every question of `examples` (read from `cfg.input`); write the predictions
+    (and the n-best lists)."""
+    from qaexp.metrics import squad_metrics
+    from qaexp.rundir import write_json_atomic
+
+    log.info("Answering %d questions from %s", len(examples), cfg.input)
+    ranked = qa.answer(examples)
+    predictions = {
+        qid: (answers[0]["answer"] if answers else "") for qid, answers in ranked.items()
+    }
+    output = default_output(cfg)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output, predictions)
+    log.info("Wrote %d predictions to %s", len(predictions), output)
+    if cfg.top_k > 1:
+        nbest = output.with_name(f"{output.stem.removesuffix('.predictions')}.nbest.json")
+        write_json_atomic(nbest, ranked)
+        log.info("Wrote the %d best answers of each question to %s", cfg.top_k, nbest)
+    if "answers" in examples.column_names:
+        golds = {r["id"]: r["answers"]["text"] for r in examples if r["answers"]["text"]}
+        if golds:
+            scores = squad_metrics(predictions, golds)
+            log.info(
+                "Against the file's answers (%d questions): EM %.2f F1 %.2f",
+                len(golds), scores["exact_match"], scores["f1"],
+            )  # fmt: skip
+    return output
+
+
+def run(cfg: PredictConfig) -> None:
+    from qaexp.pipeline import pipeline
+
+    examples = read_questions(cfg.input) if cfg.input is not None else None  # fail fast
+    device = None if cfg.device == "auto" else cfg.device
+    qa = pipeline(
+        cfg.checkpoint, device=device, top_k=cfg.top_k, max_length=cfg.max_length,
+        stride=cfg.stride, max_answer_len=cfg.max_answer_length, n_best=cfg.n_best,
+        batch_size=cfg.batch_size,
+    )  # fmt: skip
+    if examples is not None:
+        answer_file(qa, examples, cfg)
+    else:
+        show(qa(question=cfg.question, context=cfg.context))
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip() + "\n\n" + USAGE)
+        return
+    try:
+        run(parse_args(argv))
+    except QAExpError as err:
+        log.error("%s", err)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Training state: everything needed to continue a run (model, optimizer, scheduler, RNG of
+every process, position in the data, metrics so far), saved into the run directory at the
+end of every epoch and when a run is stopped.
+
+The state is written into a temporary folder and renamed into place, so a crash while saving
+never leaves a corrupt latest state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from qaexp.errors import QAExpError
+from qaexp.rundir import replace_dir_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "state"
+PROGRESS_FILE = "progress.json"
+
+# Keys that may change between the interrupted run and its continuation.
+RESUMABLE_CHANGES = (
+    "trainer.resume", "trainer.resume_from", "trainer.eval_batch_size",
+    "trainer.log_every_n_steps", "hardware", "logger", "data.num_proc", "data.cache_dir",
+)  # fmt: skip
+
+
+@dataclass
+class Progress:
+    """Where training stands. Sums are global (over all processes) at save time."""
+
+    epoch: int = 1  # the epoch in progress (1-based)
+    batches_done: int = 0  # batches of that epoch already trained
+    global_step: int = 0  # optimizer steps so far
+    loss_sum: float = 0.0  # train loss summed over this epoch's batches (mean over processes)
+    features: int = 0  # windows trained this epoch (all processes)
+    tokens: int = 0  # real tokens trained this epoch (all processes)
+    seconds: float = 0.0  # training seconds this epoch
+    skipped_steps: int = 0  # batches skipped for a non-finite loss
+    history: list[dict] = field(default_factory=list)  # metrics.jsonl records so far
+    config: dict = field(default_factory=dict)
+
+
+def save_state(accelerator: Accelerator, run_dir: Path, progress: Progress) -> Path:
+    """Save the full training state into run_dir/state (all processes must call this)."""
+    target = Path(run_dir) / STATE_DIR
+    staged = Path(run_dir) / f".{STATE_DIR}.tmp"
+    if accelerator.is_main_process and staged.exists():
+        shutil.rmtree(staged)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staged), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomic(staged / PROGRESS_FILE, asdict(progress))
+        replace_dir_atomic(staged, target)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def find_state(run_dir: Path, resume: bool, resume_from: str | None) -> Path | None:
+    """The state folder to continue from, or None to start from scratch.
+
+    trainer.resume_from=PATH names a state folder or a run directory holding one;
+    trainer.resume=true continues this run directory's own state when there is one (so a
+    requeued job with nothing saved yet simply starts). A SLURM requeue
+    (SLURM_RESTART_COUNT > 0) resumes as if trainer.resume=true.
+    """
+    if resume_from:
+        path = Path(resume_from).expanduser()
+        for candidate in (path, path / STATE_DIR):
+            if (candidate / PROGRESS_FILE).is_file():
+                return candidate
+        raise QAExpError(
+            f"trainer.resume_from={resume_from}: no saved training state there (looked for "
+            f"{path / PROGRESS_FILE} and {path / STATE_DIR / PROGRESS_FILE}). Point it at a run "
+            "directory of an interrupted run, or at its state/ folder."
+        )
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+    own = Path(run_dir) / STATE_DIR
+    if (resume or requeued) and (own / PROGRESS_FILE).is_file():
+        return own
+    if resume:
+        log.info("trainer.resume=true but %s holds no saved state: starting from scratch", own)
+    return None
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def check_same_config(saved: dict, current: dict, state_dir: Path) -> None:
+    """Continuing with a different recipe would give a silently wrong result: refuse."""
+    before, now = _flatten(saved), _flatten(current)
+    changed = sorted(
+        key
+        for key in before.keys() | now.keys()
+        if before.get(key) != now.get(key)
+        and not any(key == k or key.startswith(f"{k}.") for k in RESUMABLE_CHANGES)
+    )
+    if changed:
+        details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+        raise QAExpError(
+            f"Cannot resume from {state_dir}: the config differs from the interrupted run's "
+            f"({details}). Resume with the same settings, or start a new run."
+        )
+
+
+def load_state(accelerator: Accelerator, state_dir: Path, config: dict) -> Progress:
+    """Restore model, optimizer, scheduler and RNG; return the saved progress."""
+    progress = Progress(**json.loads((state_dir / PROGRESS_FILE).read_text()))
+    check_same_config(progress.config, config, state_dir)
+    accelerator.load_state(str(state_dir))
+    log.info(
+        "Resuming from %s: epoch %d, %d batches done, step %d",
+        state_dir, progress.epoch, progress.batches_done, progress.global_step,
+    )  # fmt: skip
+    return progress

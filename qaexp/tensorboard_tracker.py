@@ -1,0 +1,64 @@
+"""TensorBoard: scalars and the run's hyperparameters in `RUN_DIR/tensorboard/`.
+
+`tensorboard --logdir outputs/multirun/DATE/TIME` then shows every job of a sweep, and its
+HParams tab compares them by the resolved config and best EM/F1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qaexp.errors import QAExpError
+from qaexp.tracking import Tracker, epoch_metrics
+
+TENSORBOARD_DIR = "tensorboard"
+
+
+def flat_hparams(config: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
+    """The nested config as dotted keys with the scalar types TensorBoard's HParams accepts."""
+    flat: dict[str, int | float | str | bool] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, prefix=f"{name}."))
+        elif isinstance(value, int | float | str | bool):
+            flat[name] = value
+        else:  # None and lists
+            flat[name] = str(value)
+    return flat
+
+
+class TensorBoardTracker(Tracker):
+    """Writes a run's scalars with torch's SummaryWriter."""
+
+    def __init__(self, run_dir: Path, config: dict):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            raise QAExpError(
+                "logger=tensorboard needs the `tensorboard` package: `pip install tensorboard` "
+                "(or `pip install qaexp[tensorboard]`); or use logger=wandb or logger=none."
+            ) from err
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR))
+        self.config = config
+
+    def log_step(self, step: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+
+    def log_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
+        for key, value in epoch_metrics(metrics).items():
+            self.writer.add_scalar(key, value, epoch)
+
+    def finish(self, status: str, summary: dict) -> None:
+        try:
+            best = {
+                f"hparam/{key}": summary[key]
+                for key in ("best_f1", "best_exact_match")
+                if summary.get(key) is not None
+            }
+            self.writer.add_hparams(
+                {**flat_hparams(self.config), "status": status}, best, run_name="."
+            )
+        finally:
+            self.writer.close()

@@ -1,0 +1,125 @@
+"""Weights & Biases: one wandb run per job, written inside the job's run directory.
+
+Never a login prompt: `logger.mode=auto` logs offline when no credentials are found and says,
+in one log line, where the offline run is and the `wandb sync` command that uploads it. The
+run is always finished (from the training loop's `finally`), with a non-zero exit code when
+the job failed, so the jobs of a sweep never merge into one run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from qaexp.config import LoggerConfig, LoggerMode
+from qaexp.errors import QAExpError
+from qaexp.tracking import RunLabels, Tracker, epoch_metrics, summary_metrics
+
+log = logging.getLogger(__name__)
+
+EXIT_CODES = {"completed": 0, "failed": 1, "interrupted": 130}
+CREDENTIAL_VARIABLES = ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE")
+
+
+def wandb_credentials_found() -> bool:
+    """Whether wandb has credentials (environment, ~/.netrc or its settings files).
+
+    Uses wandb's own lookup with prompting switched off and without storing anything in the
+    session, so it never asks for a key and never writes a file.
+    """
+    if any(os.environ.get(name) for name in CREDENTIAL_VARIABLES):
+        return True
+    from wandb.errors import AuthenticationError
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib import wbauth
+
+    base_url = wandb_setup.singleton().settings.base_url
+    try:
+        auth = wbauth.authenticate_session(
+            host=base_url, source="qaexp", prompt=False, update_session=False
+        )
+    except AuthenticationError as err:
+        raise QAExpError(
+            f"The W&B credentials for {base_url} are not valid ({err}). Fix them with "
+            "`wandb login --relogin`, or log without them: logger.mode=offline."
+        ) from err
+    return auth is not None
+
+
+def resolve_mode(mode: LoggerMode) -> str:
+    """The wandb mode to run in: `auto` follows WANDB_MODE when it is set, else goes online
+    with credentials and offline without; `online` without credentials is an error (wandb
+    would prompt for a key, which hangs a batch job)."""
+    if mode is LoggerMode.auto:
+        requested = os.environ.get("WANDB_MODE", "")
+        if requested not in {m.value for m in LoggerMode} - {"auto"}:
+            return "online" if wandb_credentials_found() else "offline"
+        mode = LoggerMode(requested)
+    if mode is LoggerMode.online and not wandb_credentials_found():
+        raise QAExpError(
+            "logger.mode=online, but no W&B credentials were found (WANDB_API_KEY, ~/.netrc "
+            "or wandb's settings). Run `wandb login` or set WANDB_API_KEY; or use "
+            "logger.mode=offline (upload later with `wandb sync`) or logger.mode=auto."
+        )
+    return mode.value
+
+
+def define_metrics(run: Any) -> None:
+    """x axes (optimizer step for train/*, epoch for eval/* and epoch/*) and max summaries."""
+    run.define_metric("global_step")
+    run.define_metric("epoch")
+    run.define_metric("train/*", step_metric="global_step")
+    run.define_metric("epoch/*", step_metric="epoch")
+    run.define_metric("eval/*", step_metric="epoch")
+    for key in ("eval/exact_match", "eval/f1"):
+        run.define_metric(key, step_metric="epoch", summary="max")
+
+
+class WandbTracker(Tracker):
+    """Sends one job's numbers to its wandb run."""
+
+    def __init__(self, run: Any):
+        self.run = run
+
+    def log_step(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log({"global_step": step, **metrics})
+
+    def log_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
+        self.run.log({"epoch": epoch, "global_step": step, **epoch_metrics(metrics)})
+
+    def finish(self, status: str, summary: dict) -> None:
+        try:
+            self.run.summary.update(summary_metrics(summary))
+        finally:
+            self.run.finish(exit_code=EXIT_CODES.get(status, 1))
+
+
+def start_wandb(
+    cfg: LoggerConfig, run_dir: Path, config: dict, labels: RunLabels
+) -> WandbTracker | None:
+    """Start the job's wandb run (None with logger.mode=disabled)."""
+    mode = resolve_mode(cfg.mode)
+    if mode == "disabled":
+        return None
+    import wandb
+
+    try:
+        run = wandb.init(
+            project=cfg.project, entity=cfg.entity, group=labels.group, name=labels.name,
+            job_type="train", tags=list(cfg.tags), config=config, mode=mode,
+            dir=str(Path(run_dir).resolve()),
+            # offline: qaexp's one log line below replaces wandb's banner
+            settings=wandb.Settings(silent=mode == "offline", quiet=True),
+        )  # fmt: skip
+    except wandb.errors.Error as err:
+        raise QAExpError(
+            f"wandb could not start a run in mode {mode} ({err}). Check the network and "
+            "logger.project / logger.entity, or use logger.mode=offline."
+        ) from err
+    define_metrics(run)
+    if mode == "offline":
+        sync_dir = run.settings.sync_dir
+        log.info("W&B run logged offline in %s; upload it with: wandb sync %s", sync_dir, sync_dir)
+    return WandbTracker(run)

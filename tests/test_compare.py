@@ -1,0 +1,152 @@
+"""qaexp.compare on hand-built run folders: ranking, differing overrides, failed runs, the
+three output files, the command line and the Hydra callback."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from qaexp.compare import SweepComparison, load_runs, main
+from tests.conftest import run_qaexp
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(
+    folder: Path, overrides: list[str], f1: list[float], status: str | None = "completed"
+) -> Path:
+    """A run folder as qaexp writes it: one metrics.jsonl line per F1 value (EM = F1 - 10,
+    10 s of training at 50 windows/s per epoch), summary.json unless status is None."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    epochs = [
+        {"epoch": i + 1, "step": 10 * (i + 1), "exact_match": v - 10, "f1": v,
+         "train_seconds": 10.0, "train_samples_per_second": 50.0}
+        for i, v in enumerate(f1)
+    ]  # fmt: skip
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    if status is not None:
+        (folder / "summary.json").write_text(json.dumps({"status": status}))
+    return folder
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """A 2x2 grid where job 2 is best, plus job 4 that failed and job 5 that wrote no summary."""
+    root = tmp_path / "multirun"
+    grid = [("64", "256", [70.0, 75.0]), ("128", "256", [60.0, 65.0]),
+            ("64", "384", [80.0, 78.0]), ("128", "384", [55.0, 58.0])]  # fmt: skip
+    for i, (stride, length, f1) in enumerate(grid):
+        make_run(root / str(i), ["model=tiny", f"stride={stride}", f"max_length={length}"], f1)
+    make_run(root / "4", ["model=tiny", "stride=64", "max_length=512"], [90.0], status="failed")
+    make_run(root / "5", ["model=tiny", "stride=128", "max_length=512"], [], status=None)
+    (root / "multirun.yaml").write_text("hydra: {}\n")  # sweep-level files are not runs
+    return root
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_table_ranks_completed_runs_by_best_f1_then_failed_runs(sweep, capsys):
+    assert main([str(sweep)]) == 0
+    rows = read_csv(sweep / "comparison.csv")
+    assert [r["run"] for r in rows] == ["2", "0", "1", "3", "4", "5"]
+    assert [r["status"] for r in rows] == ["completed"] * 4 + ["failed", "failed"]
+    printed = capsys.readouterr().out
+    lines = [line for line in printed.splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in lines[1:]] == ["2", "0", "1", "3", "4", "5"]
+
+
+def test_only_the_overrides_that_differ_are_columns(sweep):
+    main([str(sweep)])
+    header = list(read_csv(sweep / "comparison.csv")[0])
+    assert header[:3] == ["run", "max_length", "stride"]  # model=tiny is the same everywhere
+    assert "model" not in header
+
+
+def test_best_final_epoch_time_and_throughput(sweep):
+    main([str(sweep)])
+    row = next(r for r in read_csv(sweep / "comparison.csv") if r["run"] == "2")
+    assert (float(row["best F1"]), float(row["best EM"]), row["best epoch"]) == (80.0, 70.0, "1")
+    assert (float(row["final F1"]), float(row["final EM"])) == (78.0, 68.0)
+    assert float(row["train s"]) == 20.0 and float(row["features/s"]) == 50.0
+    no_summary = next(r for r in read_csv(sweep / "comparison.csv") if r["run"] == "5")
+    assert no_summary["best F1"] == "" and no_summary["status"] == "failed"
+
+
+def test_throughput_weights_epochs_by_their_time(tmp_path):
+    run = make_run(tmp_path / "r", [], [1.0, 2.0])
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lines[1].update(train_seconds=30.0, train_samples_per_second=10.0)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    (result,) = load_runs([run])
+    assert result.features_per_second == pytest.approx((10 * 50 + 30 * 10) / 40)
+
+
+def test_a_truncated_metrics_file_does_not_stop_the_comparison(sweep, caplog):
+    with open(sweep / "3" / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 3, "f1"')  # the job was killed while appending
+    assert main([str(sweep)]) == 0
+    row = next(r for r in read_csv(sweep / "comparison.csv") if r["run"] == "3")
+    assert row["best F1"] == "" and "metrics.jsonl: unreadable" in caplog.text
+
+
+def test_markdown_and_png_are_written(sweep):
+    main([str(sweep)])
+    markdown = (sweep / "comparison.md").read_text()
+    assert "6 runs" in markdown and "2 run(s) did not complete" in markdown
+    assert "| 2   | 384        | 64     | completed | 80.00" in markdown
+    png = (sweep / "comparison.png").read_bytes()
+    assert png[:8] == PNG_MAGIC and len(png) > 10_000
+
+
+def test_several_run_folders_and_out(tmp_path):
+    a = make_run(tmp_path / "runs" / "a", ["optimizer.lr=3e-5"], [40.0])
+    b = make_run(tmp_path / "runs" / "b", ["optimizer.lr=1e-4"], [50.0])
+    assert main([str(a), str(b), "--out", str(tmp_path / "report")]) == 0
+    rows = read_csv(tmp_path / "report" / "comparison.csv")
+    assert [(r["run"], r["optimizer.lr"]) for r in rows] == [(str(b), "1e-4"), (str(a), "3e-5")]
+    assert (tmp_path / "report" / "comparison.png").is_file()
+
+
+def test_many_runs_and_long_sampled_values_stay_readable(tmp_path):
+    rates = [1e-5 * (i + 1.123456789) for i in range(14)]  # as an Optuna search samples them
+    for i, lr in enumerate(rates):
+        make_run(tmp_path / str(i), [f"optimizer.lr={lr}"], [float(i)])
+    assert main([str(tmp_path)]) == 0
+    markdown = (tmp_path / "comparison.md").read_text()
+    assert f"{rates[-1]:.4g}" in markdown and str(rates[-1]) not in markdown
+    assert str(rates[-1]) in (tmp_path / "comparison.csv").read_text()  # the CSV keeps all
+    assert (tmp_path / "comparison.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_missing_folder_and_folder_without_runs_fail_clearly(tmp_path, caplog):
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "nope: no such folder" in caplog.text
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "No runs found in" in caplog.text and "metrics.jsonl" in caplog.text
+    assert not (tmp_path / "empty" / "comparison.csv").exists()
+
+
+def test_command_line_entry_point(sweep):
+    result = run_qaexp([str(sweep)], cwd=sweep.parent, timeout=120, module="qaexp.compare")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[2].startswith("| 2 ")
+    assert "Wrote comparison.csv" in result.stderr
+
+
+def test_callback_writes_into_the_sweep_dir_and_never_fails_the_sweep(sweep, tmp_path):
+    SweepComparison().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    assert len(read_csv(sweep / "comparison.csv")) == 6
+    empty = tmp_path / "empty_sweep"
+    empty.mkdir()
+    SweepComparison().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(empty)}}}))
+    assert not (empty / "comparison.csv").exists()
