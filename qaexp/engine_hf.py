@@ -161,7 +161,7 @@ def train_with_hf_trainer(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | N
         train_dataset=setup.train_features,
         data_collator=make_collator(setup.tokenizer, cfg.trainer, cfg.max_length),
         processing_class=setup.tokenizer,
-        optimizers=(make_optimizer(model, cfg.optimizer, fused=on_gpu), None),
+        optimizers=(make_optimizer(model, cfg.optimizer), None),
         group_by_length=cfg.trainer.group_by_length and not cfg.trainer.pad_to_max_length,
     )
     eval_loader = make_eval_loader(

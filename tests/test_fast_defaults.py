@@ -101,3 +101,23 @@ def test_compiled_run_trains_and_saves_a_plain_checkpoint(tmp_path):
         tmp_path / "run" / "checkpoint", output_loading_info=True
     )
     assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_optimizer_is_fused_adamw_without_decay_on_biases_and_layernorm():
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    from qaexp.config import OptimizerConfig
+    from qaexp.train import make_optimizer
+
+    model = BertForQuestionAnswering(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    )
+    optimizer = make_optimizer(model, OptimizerConfig(weight_decay=0.01))
+    assert optimizer.defaults["fused"] is True
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed, plain = ({names[id(p)] for p in g["params"]} for g in optimizer.param_groups)
+    assert optimizer.param_groups[0]["weight_decay"] == 0.01
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0
+    assert all(not n.endswith("bias") and "LayerNorm" not in n for n in decayed)
+    assert any(n.endswith("bias") for n in plain) and any("LayerNorm" in n for n in plain)
+    assert decayed | plain == set(names.values())
