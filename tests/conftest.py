@@ -17,6 +17,59 @@ SQUAD_DIR = Path(os.environ.get("QAEXP_SQUAD_DIR") or REPO.parent / "shared" / "
 CONF_DIR = REPO / "conf"
 
 
+def _listening_ports(process) -> set[tuple[str, int]]:
+    return {
+        (c.laddr.ip, c.laddr.port)
+        for c in process.net_connections(kind="inet")
+        if c.status == "LISTEN"
+    }
+
+
+def _own_processes(me, basetemp: Path) -> list:
+    """Processes of this test session: children of pytest, and processes whose working folder
+    lies under pytest's temporary folder (workers re-parented after their launcher exited)."""
+    import psutil
+
+    found = {p.pid: p for p in me.children(recursive=True)}
+    for proc in psutil.process_iter(["pid", "cwd"]):
+        cwd = proc.info.get("cwd")
+        if cwd and proc.pid != me.pid and Path(cwd).is_relative_to(basetemp):
+            found.setdefault(proc.pid, proc)
+    return list(found.values())
+
+
+@pytest.fixture(autouse=True)
+def no_process_or_port_left_behind(tmp_path_factory):
+    """Every test ends with no process it started still running and no port it opened still
+    listening. Processes get 15 s to finish exiting; any still alive then are killed (so they
+    cannot disturb later tests) and the test errors, naming their command lines."""
+    import psutil
+
+    me = psutil.Process()
+    basetemp = tmp_path_factory.getbasetemp().resolve()
+    before = {p.pid for p in _own_processes(me, basetemp)}
+    ports_before = _listening_ports(me)
+    yield
+    if "wandb" in sys.modules:
+        # A test that ran wandb in this process started wandb's service process; stop it the
+        # way wandb's API does (it also drops WANDB_SERVICE, which subprocesses would inherit).
+        sys.modules["wandb"].teardown()
+    new = [p for p in _own_processes(me, basetemp) if p.pid not in before]
+    _, alive = psutil.wait_procs(new, timeout=15)
+    described = []
+    for proc in alive:
+        try:
+            described.append(f"pid {proc.pid}: {' '.join(proc.cmdline())[:200]}")
+            proc.kill()
+        except psutil.NoSuchProcess:
+            continue
+    ports = _listening_ports(me) - ports_before
+    problems = [f"process left running ({d})" for d in described]
+    problems += [f"port left listening: {ip}:{port}" for ip, port in sorted(ports)]
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def minilm_tokenizer():
     from transformers import AutoTokenizer

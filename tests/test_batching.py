@@ -110,7 +110,7 @@ def test_batches_are_padded_to_their_longest_window_only(eval_setup, minilm_toke
         features.add_column("start_positions", [0] * len(features)).add_column(
             "end_positions", [0] * len(features)
         ),
-        minilm_tokenizer, cfg, max_length=64, seed=0,
+        minilm_tokenizer, cfg, max_length=64, generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     widths = []
     for batch in loader:

@@ -62,7 +62,18 @@ def test_unknown_compile_backend_is_a_clear_error():
     assert compile_plugin("inductor", False).to_kwargs()["dynamic"] is False
 
 
-def test_bf16_autocast_trains_on_cpu():
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one process-wide state: an Accelerator made earlier in this pytest
+    process with another precision would refuse bf16."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_autocast_trains_on_cpu(fresh_accelerator_state):
     from qaexp.modeling import load_model
 
     cfg = OmegaConf.to_object(compose(["model=tiny"]))
