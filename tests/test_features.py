@@ -320,8 +320,11 @@ def test_train_labels_decode_to_answers(squad_train, minilm_tokenizer):
 
 # --- properties on random contexts ---------------------------------------------------------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, given, reject, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+
+from qaexp.errors import QAExpError  # noqa: E402
+from qaexp.validation import check_windows  # noqa: E402
 
 WORDS = [
     "alpha",
@@ -359,6 +362,10 @@ def windowed_example(draw):
 @given(case=windowed_example())
 def test_labels_always_decode_to_the_answer_or_are_zero(minilm_tokenizer, case):
     ex, max_length, stride = case
+    try:  # only settings qaexp accepts: a run refuses the others before building windows
+        check_windows(ex["question"], minilm_tokenizer, max_length, stride, "question")
+    except QAExpError:
+        reject()
     feats = prepare_train_features(ex, minilm_tokenizer, max_length, stride)
     evals = prepare_eval_features(ex, minilm_tokenizer, max_length, stride)
     assert labels_of(feats) == reference_labels(ex, minilm_tokenizer, max_length, stride)
