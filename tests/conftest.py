@@ -118,7 +118,8 @@ def run_qaexp(
     """Run `python -m <module> args` in a subprocess; returns the CompletedProcess."""
     env = {
         **os.environ,
-        "PYTHONPATH": str(REPO),
+        # The checkout first; keep the caller's entries (packages installed with --target).
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         **(env or {}),
     }
