@@ -95,7 +95,7 @@ class OptimizerConfig:
     eps: float = 1e-8
     warmup_ratio: float = 0.0
     scheduler: str = "linear"
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = None  # None: no clipping (the seed); 1.0 clips at norm 1
 
 
 @dataclass

@@ -115,8 +115,8 @@ def train_one_epoch(
             if nonfinite and accelerator.mixed_precision != "fp16":
                 raise NonFiniteLoss(
                     f"The training loss became {loss.item()} at epoch {progress.epoch}, step "
-                    f"{progress.global_step + 1}. Lower optimizer.lr, keep "
-                    "optimizer.max_grad_norm set, or use hardware.mixed_precision=bf16/no. The "
+                    f"{progress.global_step + 1}. Lower optimizer.lr, clip gradients with "
+                    "optimizer.max_grad_norm=1.0, or use hardware.mixed_precision=bf16/no. The "
                     "last complete epoch's state is saved: fix the setting and rerun with "
                     "trainer.resume=true."
                 )
