@@ -20,9 +20,11 @@ and reports EM/F1 on the first --eval-examples dev questions after every epoch. 
 
 Both sides build the same windows (qaexp.features, tested equal to the seed's labels) and
 score with qaexp's post-processing and metric (tested equal to the seed's loop and to the
-official script), so the comparison isolates the training loop. Runs are independent
-processes; --jobs runs several at once (a GPU fits many MiniLM runs). Prints per-seed scores,
-the mean and standard deviation per variant, and one JSON line.
+official script), so the comparison isolates the training loop. On a GPU the runs train in
+fp32 without TF32 (the CPU's arithmetic) unless --mixed-precision fp16/bf16 asks for autocast
+(fp16 with loss scaling) and TF32, on both sides. Runs are independent processes; --jobs runs
+several at once (a GPU fits many MiniLM runs). Prints per-seed scores, the mean and standard
+deviation per variant, and one JSON line.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def parse_args(argv):
     p.add_argument("--seeds", nargs="+", type=int, default=[42])
     p.add_argument("--jobs", type=int, default=1, help="runs at once")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
+                   help="GPU only: autocast (fp16 with loss scaling) and TF32 for every run")  # fmt: skip
     p.add_argument("--model", default=None, help="checkpoint folder (default: embedded MiniLM)")
     p.add_argument("--train-examples", type=int, default=3000)
     p.add_argument("--eval-examples", type=int, default=1000)
@@ -111,6 +115,9 @@ def seed_loop(args, seed: int, clip: float | None) -> list[dict]:
 
     set_seed(seed)
     device = torch.device(args.device)
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision)
+    torch.backends.cuda.matmul.allow_tf32 = half is not None
+    scaler = torch.amp.GradScaler("cuda", enabled=half == torch.float16)
     path = model_path(args)
     tokenizer = AutoTokenizer.from_pretrained(path)
     train_raw = load_examples(squad_file(args.squad_dir, TRAIN_FILE))
@@ -139,18 +146,22 @@ def seed_loop(args, seed: int, clip: float | None) -> list[dict]:
     for epoch in range(1, args.epochs + 1):
         model.train()
         for batch in loader:
-            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-            loss.backward()
+            with torch.autocast(device.type, dtype=half, enabled=half is not None):
+                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            scaler.scale(loss).backward()
             if clip:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad()
         model.eval()
         starts, ends = [], []
         with torch.no_grad():
             for batch in dev_loader:
-                out = model(**{k: v.to(device) for k, v in batch.items()})
+                with torch.autocast(device.type, dtype=half, enabled=half is not None):
+                    out = model(**{k: v.to(device) for k, v in batch.items()})
                 starts.append(out.start_logits.float().cpu())
                 ends.append(out.end_logits.float().cpu())
         predictions = postprocess_predictions(
@@ -164,8 +175,13 @@ def seed_loop(args, seed: int, clip: float | None) -> list[dict]:
 
 
 def qaexp_command(args, variant: str, seed: int, run_dir: Path) -> list[str]:
+    tf32 = str(args.mixed_precision != "no").lower()
     hardware = (
-        ["hardware=gpu", "hardware.mixed_precision=no", "hardware.tf32=false"]
+        [
+            "hardware=gpu",
+            f"hardware.mixed_precision={args.mixed_precision}",
+            f"hardware.tf32={tf32}",
+        ]
         if args.device == "cuda"
         else ["hardware=cpu"]
     )
@@ -194,7 +210,8 @@ def run_one(args, variant: str, seed: int, out: Path) -> dict:
         command = [
             sys.executable, __file__, "--worker", variant, "--worker-seed", str(seed),
             "--worker-result", str(result), "--squad-dir", str(args.squad_dir),
-            "--device", args.device, "--train-examples", str(args.train_examples),
+            "--device", args.device, "--mixed-precision", args.mixed_precision,
+            "--train-examples", str(args.train_examples),
             "--eval-examples", str(args.eval_examples), "--max-length", str(args.max_length),
             "--stride", str(args.stride), "--epochs", str(args.epochs), "--lr", str(args.lr),
             "--batch-size", str(args.batch_size), "--warmup-ratio", str(args.warmup_ratio),
@@ -245,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (squad_file(args.squad_dir, TRAIN_FILE) and squad_file(args.squad_dir, DEV_FILE)):
         return 0
+    if args.mixed_precision != "no" and args.device != "cuda":
+        sys.exit("--mixed-precision fp16/bf16 needs --device cuda (the CPU runs train in fp32).")
     args.squad_dir = args.squad_dir.resolve()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_quality_"))
     jobs = [(v, s) for s in args.seeds for v in args.variants]
