@@ -203,20 +203,21 @@ def qaexp_command(args, variant: str, seed: int, run_dir: Path) -> list[str]:
 
 def run_one(args, variant: str, seed: int, out: Path) -> dict:
     """One run in its own process; returns its per-epoch EM/F1 (or the failure)."""
+    from qaexp.rundir import read_metrics
+
     run_dir = out / f"{variant}-seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     if variant in SEED_VARIANTS:
         result = run_dir / "history.json"
-        command = [
-            sys.executable, __file__, "--worker", variant, "--worker-seed", str(seed),
-            "--worker-result", str(result), "--squad-dir", str(args.squad_dir),
-            "--device", args.device, "--mixed-precision", args.mixed_precision,
-            "--train-examples", str(args.train_examples),
-            "--eval-examples", str(args.eval_examples), "--max-length", str(args.max_length),
-            "--stride", str(args.stride), "--epochs", str(args.epochs), "--lr", str(args.lr),
-            "--batch-size", str(args.batch_size), "--warmup-ratio", str(args.warmup_ratio),
-            "--weight-decay", str(args.weight_decay),
+        # The worker gets this run's own arguments, with paths made absolute (it runs in REPO).
+        paths = [
+            "--squad-dir",
+            str(args.squad_dir),
             *(["--model", args.model] if args.model else []),
+        ]
+        command = [
+            sys.executable, __file__, *args.argv, *paths, "--worker", variant,
+            "--worker-seed", str(seed), "--worker-result", str(result),
         ]  # fmt: skip
     else:
         command = qaexp_command(args, variant, seed, run_dir)
@@ -229,9 +230,7 @@ def run_one(args, variant: str, seed: int, out: Path) -> dict:
     if variant in SEED_VARIANTS:
         history = json.loads(result.read_text())
     else:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        history = [json.loads(line) for line in lines]
-        history = [{k: r[k] for k in ("epoch", "exact_match", "f1")} for r in history]
+        history = [{k: r[k] for k in ("epoch", "exact_match", "f1")} for r in read_metrics(run_dir)]
     return {"variant": variant, "seed": seed, "history": history, "seconds": seconds}
 
 
@@ -256,6 +255,7 @@ def summarise(runs: list[dict], variants: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.worker:
         history = seed_loop(args, args.worker_seed, SEED_VARIANTS[args.worker])
         args.worker_result.write_text(json.dumps(history))
@@ -265,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.mixed_precision != "no" and args.device != "cuda":
         sys.exit("--mixed-precision fp16/bf16 needs --device cuda (the CPU runs train in fp32).")
     args.squad_dir = args.squad_dir.resolve()
+    if args.model and Path(args.model).exists():  # a folder, not a Hub id
+        args.model = str(Path(args.model).resolve())
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_quality_"))
     jobs = [(v, s) for s in args.seeds for v in args.variants]
     # The first run alone builds the datasets caches the others then read.
@@ -293,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
          for v, s in summary.items()],
     )  # fmt: skip
     print_json({"benchmark": "quality", "machine": machine(), "settings": {
-        k: v for k, v in vars(args).items() if not k.startswith("worker") and k != "out"
+        k: v for k, v in vars(args).items() if not k.startswith("worker") and k not in ("out", "argv")
     } | {"squad_dir": str(args.squad_dir)}, "summary": summary, "runs": runs}, )  # fmt: skip
     return 0 if all("history" in r for r in runs) else 1
 

@@ -151,6 +151,22 @@ TINY_RUN = [
     "logger=none",  # wandb is the default logger; tests of tracking turn it on themselves
 ]
 
+# TINY_RUN with 60 train / 20 eval synthetic examples and 1 epoch (seconds per job), without
+# the keys tests sweep or set: max_length, stride, logger.
+SWEPT = ("logger=", "data.synthetic.", "trainer.epochs=", "max_length=", "stride=")
+SMALL_RUN = [
+    *(arg for arg in TINY_RUN if not arg.startswith(SWEPT)),
+    "data.synthetic.train_size=60", "data.synthetic.eval_size=20", "trainer.epochs=1",
+]  # fmt: skip
+SINGLE_RUN = [*SMALL_RUN, "max_length=128", "stride=32"]
+
+
+def small_config(*overrides: str):
+    """The typed config of one SINGLE_RUN job (for calling qaexp.train in-process)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(compose([*SINGLE_RUN, *overrides]))
+
 
 EPOCH_KEYS = {
     "epoch", "step", "train_loss", "exact_match", "f1", "train_seconds",

@@ -16,17 +16,15 @@ from qaexp.config import LoggerMode, QAExpConfig
 from qaexp.errors import QAExpError
 from qaexp.tracking import RunLabels, epoch_metrics, make_trackers, resolve_labels
 from qaexp.wandb_tracker import resolve_mode
-from tests.conftest import TINY_RUN, compose, read_jsonl, run_qaexp
+from tests.conftest import (
+    SMALL_RUN,
+    compose,
+    read_jsonl,
+    run_qaexp,
+    small_config,
+)
 from tests.wandb_records import read_offline_run
 
-# TINY_RUN with 60 train / 20 eval synthetic examples and 1 epoch (seconds per job), without
-# the keys the tests sweep or set: max_length, stride, logger.
-SWEPT = ("logger=", "data.synthetic.", "trainer.epochs=", "max_length=", "stride=")
-SMALL_RUN = [
-    *(arg for arg in TINY_RUN if not arg.startswith(SWEPT)),
-    "data.synthetic.train_size=60", "data.synthetic.eval_size=20", "trainer.epochs=1",
-]  # fmt: skip
-SINGLE_RUN = [*SMALL_RUN, "max_length=128", "stride=32"]
 OFFLINE_WANDB = ["logger=wandb", "logger.mode=offline", "trainer.log_every_n_steps=1"]
 NO_CHECKPOINT = "trainer.save_checkpoint=false"  # sweeps here need metrics, not weights
 
@@ -252,10 +250,6 @@ def test_sweep_end_writes_the_comparison(sweep):
 
 
 # --- failures, TensorBoard, Optuna ------------------------------------------------------
-
-
-def small_config(*overrides: str) -> QAExpConfig:
-    return OmegaConf.to_object(compose([*SINGLE_RUN, *overrides]))
 
 
 def test_failing_job_finishes_its_wandb_run_as_failed(tmp_path, monkeypatch):

@@ -7,14 +7,9 @@ import pytest
 from accelerate import Accelerator
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY_RUN, compose, read_jsonl
+from tests.conftest import compose, read_jsonl, small_config
 
-CHANGED = ("data.synthetic.", "trainer.epochs=")
-SMALL_RUN = [
-    *(arg for arg in TINY_RUN if not arg.startswith(CHANGED)),
-    "data.synthetic.train_size=40", "data.synthetic.eval_size=10", "trainer.epochs=1",
-    "trainer.save_checkpoint=false", "trainer.save_state=false",
-]  # fmt: skip
+NO_FILES = ["logger=none", "trainer.save_checkpoint=false", "trainer.save_state=false"]
 
 
 def test_clipping_defaults():
@@ -41,7 +36,7 @@ def test_gradients_are_clipped_only_when_asked(tmp_path, monkeypatch, overrides,
         return clip(self, parameters, max_norm, *args, **kwargs)
 
     monkeypatch.setattr(Accelerator, "clip_grad_norm_", spy)
-    train(OmegaConf.to_object(compose([*SMALL_RUN, *overrides])), tmp_path / "run")
+    train(small_config(*NO_FILES, *overrides), tmp_path / "run")
     steps = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["step"]
     assert steps > 1
     assert norms == ([0.5] * steps if clipped else [])
