@@ -22,16 +22,24 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from qaexp.__main__ import config_dir
-from qaexp.rundir import read_metrics
-from qaexp.train import train
+from qaexp.tracking.rundir import read_metrics
+from qaexp.training import train
 
 ENGINES = ("accelerate", "hf")
 DEFAULTS = [
-    "model=minilm", "data=synthetic", "hardware=cpu", "data.synthetic.train_size=400",
-    "data.synthetic.eval_size=100", "data.synthetic.long_context_fraction=0", "max_length=192",
-    "stride=64", "optimizer.lr=1e-4", "optimizer.warmup_ratio=0.1", "trainer.epochs=2",
+    "model=minilm",
+    "data=synthetic",
+    "hardware=cpu",
+    "data.synthetic.train_size=400",
+    "data.synthetic.eval_size=100",
+    "data.synthetic.long_context_fraction=0",
+    "max_length=192",
+    "stride=64",
+    "optimizer.lr=1e-4",
+    "optimizer.warmup_ratio=0.1",
+    "trainer.epochs=2",
     "trainer.train_batch_size=16",
-]  # fmt: skip
+]
 
 
 def run_engine(engine: str, overrides: list[str], root: Path) -> list[dict]:
@@ -58,11 +66,11 @@ def main() -> None:
         for e in epochs:
             print(
                 f"{engine:<11} {e['epoch']:>5} {e['train_loss']:>7.4f} {e['exact_match']:>6.2f} "
-                f"{e['f1']:>6.2f} {e['train_samples_per_second']:>10.2f}"
+                f"{e['f1']:>6.2f} {e['train_windows_per_second']:>10.2f}"
             )
     hf, acc = results["hf"][-1], results["accelerate"][-1]
     speed = [
-        sum(e["train_samples_per_second"] for e in results[x]) / len(results[x]) for x in ENGINES
+        sum(e["train_windows_per_second"] for e in results[x]) / len(results[x]) for x in ENGINES
     ]
     print(
         f"hf / accelerate: final F1 {hf['f1']:.2f} / {acc['f1']:.2f} "

@@ -159,10 +159,12 @@ def measure(build, examples, tokenizer, train, num_proc) -> dict:
     cached, cached_s = timed(build, examples, tokenizer, train, num_proc)
     files = [f["filename"] for f in cold.cache_files]
     return {
-        "features": cold, "cold_s": cold_s, "cached_s": cached_s,
+        "features": cold,
+        "cold_s": cold_s,
+        "cached_s": cached_s,
         "cache_reused": [f["filename"] for f in cached.cache_files] == files,
         "cache_mb": cache_bytes(cold) / 2**20,
-    }  # fmt: skip
+    }
 
 
 METHODS = {"seed": seed_build, "qaexp": qaexp_build}
@@ -193,13 +195,18 @@ def compare_split(path: Path, train: bool, tokenizer, args) -> dict:
             kept["cache_reused"] &= result["cache_reused"]
     seed, ours = best["seed"], best["qaexp"]
     return {
-        "examples": len(examples), "windows": len(ours["features"]),
-        "seed_cold_s": round(seed["cold_s"], 3), "qaexp_cold_s": round(ours["cold_s"], 3),
-        "seed_cached_s": round(seed["cached_s"], 3), "qaexp_cached_s": round(ours["cached_s"], 3),
-        "seed_cache_reused": seed["cache_reused"], "qaexp_cache_reused": ours["cache_reused"],
-        "seed_cache_mb": round(seed["cache_mb"], 1), "qaexp_cache_mb": round(ours["cache_mb"], 1),
+        "examples": len(examples),
+        "windows": len(ours["features"]),
+        "seed_cold_s": round(seed["cold_s"], 3),
+        "qaexp_cold_s": round(ours["cold_s"], 3),
+        "seed_cached_s": round(seed["cached_s"], 3),
+        "qaexp_cached_s": round(ours["cached_s"], 3),
+        "seed_cache_reused": seed["cache_reused"],
+        "qaexp_cache_reused": ours["cache_reused"],
+        "seed_cache_mb": round(seed["cache_mb"], 1),
+        "qaexp_cache_mb": round(ours["cache_mb"], 1),
         "same_windows": same,
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="side-by-side rounds (best of)")
     args = parser.parse_args(argv)
 
-    paths = {split: squad_file(args.squad_dir, f) for split, f in
-             (("train", TRAIN_FILE), ("dev", DEV_FILE))}  # fmt: skip
+    paths = {
+        split: squad_file(args.squad_dir, f)
+        for split, f in (("train", TRAIN_FILE), ("dev", DEV_FILE))
+    }
     if None in paths.values():
         return 0
     import datasets
@@ -224,8 +233,16 @@ def main(argv: list[str] | None = None) -> int:
         r = record[split] = compare_split(path, split == "train", tokenizer, args)
         for stage in ("cold", "cached"):
             seed_s, ours_s = r[f"seed_{stage}_s"], r[f"qaexp_{stage}_s"]
-            rows.append([f"{split} {stage}", r["examples"], r["windows"], seed_s, ours_s,
-                         f"{seed_s / ours_s:.2f}x"])  # fmt: skip
+            rows.append(
+                [
+                    f"{split} {stage}",
+                    r["examples"],
+                    r["windows"],
+                    seed_s,
+                    ours_s,
+                    f"{seed_s / ours_s:.2f}x",
+                ]
+            )
     record.update(machine())  # the load average as the runs end
     print_table(
         f"Feature building, MiniLM tokenizer, max_length {MAX_LENGTH}, stride {STRIDE}: best of "
@@ -236,9 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for split in paths:
         r = record[split]
-        print(f"{split}: cache reused seed={r['seed_cache_reused']} qaexp={r['qaexp_cache_reused']}; "
-              f"cache size seed {r['seed_cache_mb']} MB, qaexp {r['qaexp_cache_mb']} MB; "
-              f"same windows and labels: {r['same_windows']}")  # fmt: skip
+        print(
+            f"{split}: cache reused seed={r['seed_cache_reused']} qaexp={r['qaexp_cache_reused']}; "
+            f"cache size seed {r['seed_cache_mb']} MB, qaexp {r['qaexp_cache_mb']} MB; "
+            f"same windows and labels: {r['same_windows']}"
+        )
     print_json(record)
     if not all(record[split]["same_windows"] for split in paths):
         print("MISMATCH between the seed's features and qaexp's", file=sys.stderr)

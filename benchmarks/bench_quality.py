@@ -65,13 +65,21 @@ SEED_VARIANTS = {"seed": None, "seed+clip": 1.0}
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--squad-dir", type=Path, default=DEFAULT_SQUAD_DIR)
-    p.add_argument("--variants", nargs="+", default=["seed", "qaexp"],
-                   choices=[*SEED_VARIANTS, *QAEXP_VARIANTS])  # fmt: skip
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["seed", "qaexp"],
+        choices=[*SEED_VARIANTS, *QAEXP_VARIANTS],
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[42])
     p.add_argument("--jobs", type=int, default=1, help="runs at once")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
-                   help="GPU only: autocast (fp16 with loss scaling) and TF32 for every run")  # fmt: skip
+    p.add_argument(
+        "--mixed-precision",
+        choices=["no", "fp16", "bf16"],
+        default="no",
+        help="GPU only: autocast (fp16 with loss scaling) and TF32 for every run",
+    )
     p.add_argument("--model", default=None, help="checkpoint folder (default: embedded MiniLM)")
     p.add_argument("--train-examples", type=int, default=3000)
     p.add_argument("--eval-examples", type=int, default=1000)
@@ -132,15 +140,19 @@ def seed_loop(args, seed: int, clip: float | None) -> list[dict]:
     columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in train.features]
     loader = DataLoader(
         train.select_columns([*columns, "start_positions", "end_positions"]),
-        batch_size=args.batch_size, shuffle=True, collate_fn=pad,
-    )  # fmt: skip
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=pad,
+    )
     dev_loader = DataLoader(dev.select_columns(columns), batch_size=64, collate_fn=pad)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     total = args.epochs * len(loader)
     scheduler = get_scheduler(
-        "linear", optimizer, num_warmup_steps=int(args.warmup_ratio * total),
+        "linear",
+        optimizer,
+        num_warmup_steps=int(args.warmup_ratio * total),
         num_training_steps=total,
-    )  # fmt: skip
+    )
     references = dict(zip(dev_raw["id"], (a["text"] for a in dev_raw["answers"]), strict=True))
     history = []
     for epoch in range(1, args.epochs + 1):
@@ -187,23 +199,36 @@ def qaexp_command(args, variant: str, seed: int, run_dir: Path) -> list[str]:
     )
     model = [f"model.name_or_path={args.model}"] if args.model else []
     return [
-        sys.executable, "-m", "qaexp", "model=minilm", *model, "data=squad_json", "logger=none",
+        sys.executable,
+        "-m",
+        "qaexp",
+        "model=minilm",
+        *model,
+        "data=squad_json",
+        "logger=none",
         f"data.train_file={args.squad_dir / TRAIN_FILE}",
         f"data.validation_file={args.squad_dir / DEV_FILE}",
         f"data.max_train_samples={args.train_examples}",
         f"data.max_eval_samples={args.eval_examples}",
-        f"max_length={args.max_length}", f"stride={args.stride}", f"seed={seed}",
-        f"trainer.epochs={args.epochs}", f"trainer.train_batch_size={args.batch_size}",
-        f"optimizer.lr={args.lr}", f"optimizer.warmup_ratio={args.warmup_ratio}",
-        f"optimizer.weight_decay={args.weight_decay}", "trainer.save_checkpoint=false",
-        "trainer.save_state=false", *hardware, *QAEXP_VARIANTS[variant],
+        f"max_length={args.max_length}",
+        f"stride={args.stride}",
+        f"seed={seed}",
+        f"trainer.epochs={args.epochs}",
+        f"trainer.train_batch_size={args.batch_size}",
+        f"optimizer.lr={args.lr}",
+        f"optimizer.warmup_ratio={args.warmup_ratio}",
+        f"optimizer.weight_decay={args.weight_decay}",
+        "trainer.save_checkpoint=false",
+        "trainer.save_state=false",
+        *hardware,
+        *QAEXP_VARIANTS[variant],
         f"hydra.run.dir={run_dir}",
-    ]  # fmt: skip
+    ]
 
 
 def run_one(args, variant: str, seed: int, out: Path) -> dict:
     """One run in its own process; returns its per-epoch EM/F1 (or the failure)."""
-    from qaexp.rundir import read_metrics
+    from qaexp.tracking.rundir import read_metrics
 
     run_dir = out / f"{variant}-seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -216,9 +241,17 @@ def run_one(args, variant: str, seed: int, out: Path) -> dict:
             *(["--model", args.model] if args.model else []),
         ]
         command = [
-            sys.executable, __file__, *args.argv, *paths, "--worker", variant,
-            "--worker-seed", str(seed), "--worker-result", str(result),
-        ]  # fmt: skip
+            sys.executable,
+            __file__,
+            *args.argv,
+            *paths,
+            "--worker",
+            variant,
+            "--worker-seed",
+            str(seed),
+            "--worker-result",
+            str(result),
+        ]
     else:
         command = qaexp_command(args, variant, seed, run_dir)
     began = time.perf_counter()
@@ -279,24 +312,58 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([r["variant"], r["seed"], "failed", "", "", f"{r['seconds']:.0f}"])
             continue
         first, last = r["history"][0], r["history"][-1]
-        rows.append([r["variant"], r["seed"], f"{first['f1']:.2f}", f"{last['exact_match']:.2f}",
-                     f"{last['f1']:.2f}", f"{r['seconds']:.0f}"])  # fmt: skip
+        rows.append(
+            [
+                r["variant"],
+                r["seed"],
+                f"{first['f1']:.2f}",
+                f"{last['exact_match']:.2f}",
+                f"{last['f1']:.2f}",
+                f"{r['seconds']:.0f}",
+            ]
+        )
     print_table(
         f"EM/F1 on {args.eval_examples} dev questions ({out})",
-        ["variant", "seed", "F1 epoch 1", f"EM epoch {args.epochs}", f"F1 epoch {args.epochs}",
-         "seconds"], rows,
-    )  # fmt: skip
+        [
+            "variant",
+            "seed",
+            "F1 epoch 1",
+            f"EM epoch {args.epochs}",
+            f"F1 epoch {args.epochs}",
+            "seconds",
+        ],
+        rows,
+    )
     summary = summarise(runs, args.variants)
     print_table(
         "per variant (final epoch)",
         ["variant", "runs", "EM mean", "F1 mean", "F1 sd", "F1 min", "F1 max"],
-        [[v, s["runs"], *(("-" if x is None else f"{x:.2f}") for x in
-          (s["em_mean"], s["f1_mean"], s["f1_sd"], s["f1_min"], s["f1_max"]))]
-         for v, s in summary.items()],
-    )  # fmt: skip
-    print_json({"benchmark": "quality", "machine": machine(), "settings": {
-        k: v for k, v in vars(args).items() if not k.startswith("worker") and k not in ("out", "argv")
-    } | {"squad_dir": str(args.squad_dir)}, "summary": summary, "runs": runs}, )  # fmt: skip
+        [
+            [
+                v,
+                s["runs"],
+                *(
+                    ("-" if x is None else f"{x:.2f}")
+                    for x in (s["em_mean"], s["f1_mean"], s["f1_sd"], s["f1_min"], s["f1_max"])
+                ),
+            ]
+            for v, s in summary.items()
+        ],
+    )
+    print_json(
+        {
+            "benchmark": "quality",
+            "machine": machine(),
+            "settings": {
+                k: v
+                for k, v in vars(args).items()
+                if not k.startswith("worker") and k not in ("out", "argv")
+            }
+            | {"squad_dir": str(args.squad_dir)},
+            "summary": summary,
+            "runs": runs,
+        },
+    )
     return 0 if all("history" in r for r in runs) else 1
 
 

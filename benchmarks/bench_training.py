@@ -159,13 +159,11 @@ def seed_eval_batches(features, tokenizer, batch_size: int) -> list[dict]:
 
 
 def qaexp_eval_batches(features, tokenizer, batch_size: int) -> list[dict]:
-    from qaexp.batching import FEATURE_INDEX, make_eval_loader
-    from qaexp.config import TrainerConfig
+    from qaexp.batching import WINDOW_INDEX, make_eval_loader
 
-    cfg = TrainerConfig(eval_batch_size=batch_size)
-    batches = list(make_eval_loader(features, tokenizer, cfg, MAX_LENGTH))
+    batches = list(make_eval_loader(features, tokenizer, batch_size, MAX_LENGTH))
     for batch in batches:
-        batch.pop(FEATURE_INDEX)
+        batch.pop(WINDOW_INDEX)
     return batches
 
 
@@ -209,13 +207,14 @@ class Meter:
     def summary(self, peak: float | None, train_windows: int | None) -> dict:
         per_s = self.windows / self.seconds
         out = {
-            "steps": self.steps, "seconds": round(self.seconds, 3),
+            "steps": self.steps,
+            "seconds": round(self.seconds, 3),
             "windows_per_s": round(per_s, 2),
             "real_tokens_per_s": round(self.real_tokens / self.seconds, 1),
             "real_token_share": round(self.real_tokens / self.computed_tokens, 3),
             "useful_tflops_per_s": round(self.useful_flops / self.seconds / 1e12, 4),
             "mfu": round(self.useful_flops / self.seconds / (peak * 1e12), 4) if peak else None,
-        }  # fmt: skip
+        }
         if train_windows:
             out["projected_2_epochs_s"] = round(EPOCHS * train_windows / per_s, 1)
         return out
@@ -296,10 +295,18 @@ def pinned(batches: list[dict], device: torch.device) -> list[dict]:
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--model", choices=["auto", "minilm", "bert-base"], default="auto",
-                        help="auto: minilm on CPU, bert-base on GPU")  # fmt: skip
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                        help="auto: bf16 autocast on GPUs that have it, else fp32")  # fmt: skip
+    parser.add_argument(
+        "--model",
+        choices=["auto", "minilm", "bert-base"],
+        default="auto",
+        help="auto: minilm on CPU, bert-base on GPU",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 autocast on GPUs that have it, else fp32",
+    )
     parser.add_argument("--steps", type=int, default=24, help="timed optimizer steps per method")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
     parser.add_argument("--batch-size", type=int, default=None, help="16 on CPU, 32 on GPU")
@@ -311,8 +318,12 @@ def parse_args(argv):
     parser.add_argument("--squad-dir", type=Path, default=DEFAULT_SQUAD_DIR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-proc", type=int, default=None, help="processes building windows")
-    parser.add_argument("--shape-warmup", choices=["auto", "on", "off"], default="auto",
-                        help="time a second pass over the same batches (auto: on GPU)")  # fmt: skip
+    parser.add_argument(
+        "--shape-warmup",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="time a second pass over the same batches (auto: on GPU)",
+    )
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     if args.device == "cuda" and not cuda:
@@ -367,15 +378,21 @@ def run_side_by_side(args, train, dev, tokenizer) -> dict:
     make_eval = {"seed": seed_eval_batches, "qaexp": qaexp_eval_batches}
 
     def jobs(windows):
-        return {n: (r.train_step, pinned(make[n](train, windows, tokenizer, size), device))
-                for n, r in runners.items()}  # fmt: skip
+        return {
+            n: (r.train_step, pinned(make[n](train, windows, tokenizer, size), device))
+            for n, r in runners.items()
+        }
 
     eval_jobs = {
-        n: (r.eval_step, pinned(make_eval[n](eval_features, tokenizer, args.eval_batch_size), device))
+        n: (
+            r.eval_step,
+            pinned(make_eval[n](eval_features, tokenizer, args.eval_batch_size), device),
+        )
         for n, r in runners.items()
-    }  # fmt: skip
-    print(f"Warming up ({args.warmup} steps each), then {args.steps} timed steps each ...",
-          flush=True)  # fmt: skip
+    }
+    print(
+        f"Warming up ({args.warmup} steps each), then {args.steps} timed steps each ...", flush=True
+    )
     alternate(jobs(warm), args.round_steps, device, flops.train_flops)
     timed_jobs = jobs(timed_pool)
     first_pass = {}
@@ -390,8 +407,13 @@ def run_side_by_side(args, train, dev, tokenizer) -> dict:
     first = {n: (step, batches[:1]) for n, (step, batches) in eval_jobs.items()}
     alternate(first, 1, device, flops.eval_flops)
     evaluated = alternate(eval_jobs, 1, device, flops.eval_flops)
-    return {"trained": trained, "evaluated": evaluated, "flops": flops,
-            "eval_windows": len(eval_features), "first_pass": first_pass}  # fmt: skip
+    return {
+        "trained": trained,
+        "evaluated": evaluated,
+        "flops": flops,
+        "eval_windows": len(eval_features),
+        "first_pass": first_pass,
+    }
 
 
 def make_record(args, train, measured: dict) -> dict:
@@ -402,9 +424,15 @@ def make_record(args, train, measured: dict) -> dict:
     lengths = window_lengths(train)
     trained, evaluated = measured["trained"], measured["evaluated"]
     record = {
-        "bench": "training", **info, "device": args.device.type, "model": args.model,
-        "precision": args.precision, "compile": args.compile, "batch_size": args.batch_size,
-        "max_length": MAX_LENGTH, "peak_tflops": peak,
+        "bench": "training",
+        **info,
+        "device": args.device.type,
+        "model": args.model,
+        "precision": args.precision,
+        "compile": args.compile,
+        "batch_size": args.batch_size,
+        "max_length": MAX_LENGTH,
+        "peak_tflops": peak,
         "non_embedding_params": measured["flops"].non_embedding_params,
         "train_windows_full_set": len(train),
         "train_mean_tokens": round(float(lengths.mean()), 1),
@@ -413,9 +441,10 @@ def make_record(args, train, measured: dict) -> dict:
         ),
         "train": {n: m.summary(peak, len(train)) for n, m in trained.items()},
         "eval": {n: m.summary(peak, None) for n, m in evaluated.items()},
-        "eval_windows": measured["eval_windows"], "eval_batch_size": args.eval_batch_size,
+        "eval_windows": measured["eval_windows"],
+        "eval_batch_size": args.eval_batch_size,
         "mean_loss": {n: round(float(np.mean(m.losses)), 4) for n, m in trained.items()},
-    }  # fmt: skip
+    }
     for stage, meters in measured["first_pass"].items():
         record[f"{stage}_first_pass"] = {n: m.summary(peak, None) for n, m in meters.items()}
     for stage in ("train", "eval", "train_first_pass", "eval_first_pass"):
@@ -447,26 +476,45 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(record: dict) -> None:
     where = record["gpu"] or f"{record['cpus']} CPUs (load {record['load_average']} at the end)"
-    header = ["method", "windows/s", "real tok/s", "real share", "useful TFLOP/s", "MFU",
-              f"{EPOCHS} epochs (proj.)"]  # fmt: skip
+    header = [
+        "method",
+        "windows/s",
+        "real tok/s",
+        "real share",
+        "useful TFLOP/s",
+        "MFU",
+        f"{EPOCHS} epochs (proj.)",
+    ]
     rows = []
     for name, label in (("seed", "seed: fixed 384"), ("qaexp", "qaexp: dynamic, grouped")):
         r = record["train"][name]
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-        rows.append([label, r["windows_per_s"], r["real_tokens_per_s"], r["real_token_share"],
-                     r["useful_tflops_per_s"], mfu, _duration(r["projected_2_epochs_s"])])  # fmt: skip
+        rows.append(
+            [
+                label,
+                r["windows_per_s"],
+                r["real_tokens_per_s"],
+                r["real_token_share"],
+                r["useful_tflops_per_s"],
+                mfu,
+                _duration(r["projected_2_epochs_s"]),
+            ]
+        )
     rows.append(["qaexp / seed", f"{record['train_speedup']:.2f}x", "", "", "", "", ""])
     print_table(
         f"Training: {record['model']} ({record['precision']}, batch {record['batch_size']}, "
         f"max_length {record['max_length']}, {record['train']['seed']['steps']} steps each) "
         f"on {where}",
-        header, rows,
-    )  # fmt: skip
-    print(f"Full train set: {record['train_windows_full_set']} windows, mean "
-          f"{record['train_mean_tokens']} tokens; qaexp's sampler over a whole epoch computes "
-          f"{100 * record['qaexp_real_token_share_full_epoch']:.1f}% real tokens. Mean loss "
-          f"over the timed steps: seed {record['mean_loss']['seed']:.3f}, qaexp "
-          f"{record['mean_loss']['qaexp']:.3f}.")  # fmt: skip
+        header,
+        rows,
+    )
+    print(
+        f"Full train set: {record['train_windows_full_set']} windows, mean "
+        f"{record['train_mean_tokens']} tokens; qaexp's sampler over a whole epoch computes "
+        f"{100 * record['qaexp_real_token_share_full_epoch']:.1f}% real tokens. Mean loss "
+        f"over the timed steps: seed {record['mean_loss']['seed']:.3f}, qaexp "
+        f"{record['mean_loss']['qaexp']:.3f}."
+    )
     rows = []
     for name, label in (("seed", "seed: in order, fixed 384"), ("qaexp", "qaexp: length-sorted")):
         r = record["eval"][name]
@@ -474,8 +522,9 @@ def report(record: dict) -> None:
     rows.append(["qaexp / seed", f"{record['eval_speedup']:.2f}x", "", ""])
     print_table(
         f"Evaluation: {record['eval_windows']} dev windows, batch {record['eval_batch_size']}",
-        ["method", "windows/s", "real tok/s", "real share"], rows,
-    )  # fmt: skip
+        ["method", "windows/s", "real tok/s", "real share"],
+        rows,
+    )
     if "train_first_pass" in record:
         print(
             "First pass over the same batches (each new width pays one-off costs; not timed "

@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["pipeline"]
 
 
-def __getattr__(name: str) -> Any:
-    # `qaexp.pipeline(checkpoint)` without importing torch/transformers at `import qaexp`:
-    # the submodule is imported on first access, and it is callable (see qaexp/pipeline.py).
-    if name == "pipeline":
-        import importlib
+def pipeline(*args: Any, **kwargs: Any) -> Any:
+    """A question-answering pipeline for a checkpoint: see `qaexp.answering.pipeline`.
 
-        return importlib.import_module("qaexp.pipeline")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    Defined here so that `import qaexp` stays light: torch and transformers are imported on
+    the first call.
+    """
+    from qaexp.answering import pipeline as make_pipeline
+
+    return make_pipeline(*args, **kwargs)

@@ -15,12 +15,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from qaexp.config import QAExpConfig, register_configs
 from qaexp.errors import QAExpError, RunInterrupted
-from qaexp.rundir import SUMMARY_FILE, write_json_atomic
 from qaexp.tracking import RunLabels
+from qaexp.tracking.rundir import SUMMARY_FILE, write_json_atomic
 
 log = logging.getLogger("qaexp")
 
-register_configs()
+
+def run_stamp() -> str:
+    """`${qaexp.run_stamp:}`: the DATE/TIME of run and sweep folders, agreed by every rank."""
+    from qaexp.launch import agreed_run_stamp  # imports torch: only when a run dir is made
+
+    return agreed_run_stamp()
+
+
+def register_resolvers() -> None:
+    register_configs()
+    if not OmegaConf.has_resolver("qaexp.run_stamp"):
+        OmegaConf.register_new_resolver("qaexp.run_stamp", run_stamp)
+
+
+register_resolvers()
 
 
 def config_dir() -> str:
@@ -58,8 +72,11 @@ def run(cfg: DictConfig) -> float:
     summary = run_job(settings, run_dir, run_labels(hydra_cfg))
     log.info(
         "best epoch %s: EM %.2f F1 %.2f; results in %s",
-        summary["best_epoch"], summary["best_exact_match"] or 0.0, summary["best_f1"] or 0.0, run_dir,
-    )  # fmt: skip
+        summary["best_epoch"],
+        summary["best_exact_match"] or 0.0,
+        summary["best_f1"] or 0.0,
+        run_dir,
+    )
     return summary["best_f1"] or 0.0
 
 
@@ -82,8 +99,10 @@ def hydra_main(cfg: DictConfig) -> float:
         )
         log.warning(
             "%s Resume with: python -m qaexp %s hydra.run.dir=%s trainer.resume=true",
-            err, overrides, hydra_cfg.runtime.output_dir,
-        )  # fmt: skip
+            err,
+            overrides,
+            hydra_cfg.runtime.output_dir,
+        )
         sys.exit(err.exit_code)
     except QAExpError as err:
         log.error("%s", err)

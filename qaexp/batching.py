@@ -14,7 +14,7 @@ from qaexp.config import TrainerConfig
 
 MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 LABEL_COLUMNS = ("start_positions", "end_positions")
-FEATURE_INDEX = "feature_index"
+WINDOW_INDEX = "window_index"
 
 
 def window_lengths(features: datasets.Dataset) -> np.ndarray:
@@ -77,11 +77,16 @@ class LengthGroupedSampler(Sampler[int]):
 
 
 def make_collator(
-    tokenizer: PreTrainedTokenizerBase, cfg: TrainerConfig, max_length: int
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    pad_to_max_length: bool = False,
+    pad_to_multiple_of: int = 8,
 ) -> DataCollatorWithPadding:
-    if cfg.pad_to_max_length:
+    """Pads a batch to its longest window (rounded up to `pad_to_multiple_of`), or every
+    window to `max_length`."""
+    if pad_to_max_length:
         return DataCollatorWithPadding(tokenizer, padding="max_length", max_length=max_length)
-    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=cfg.pad_to_multiple_of)
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
 
 def _model_view(features: datasets.Dataset, extra: tuple[str, ...]) -> datasets.Dataset:
@@ -121,7 +126,9 @@ def make_train_loader(
         # The loader's own base seed is drawn from `generator` too, never from the global RNG,
         # so dropout masks after a resume match those of an uninterrupted run.
         generator=generator,
-        collate_fn=make_collator(tokenizer, cfg, max_length),
+        collate_fn=make_collator(
+            tokenizer, max_length, cfg.pad_to_max_length, cfg.pad_to_multiple_of
+        ),
         **_worker_options(num_workers, pin_memory),
     )
 
@@ -129,23 +136,25 @@ def make_train_loader(
 def make_eval_loader(
     features: datasets.Dataset,
     tokenizer: PreTrainedTokenizerBase,
-    cfg: TrainerConfig,
+    batch_size: int,
     max_length: int,
+    pad_to_max_length: bool = False,
+    pad_to_multiple_of: int = 8,
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """Evaluation batches in length order (least padding); each row carries its feature
-    index so logits can be put back in feature order after gathering."""
+    """Evaluation batches in length order (least padding); each row carries its window
+    index so logits can be put back in window order after gathering."""
     view = _model_view(features, ())
-    view = view.add_column(FEATURE_INDEX, np.arange(len(view), dtype=np.int64))
-    if not cfg.pad_to_max_length:
+    view = view.add_column(WINDOW_INDEX, np.arange(len(view), dtype=np.int64))
+    if not pad_to_max_length:
         order = np.argsort(window_lengths(features), kind="stable")
         view = view.select(order)
     return DataLoader(
         view,
-        batch_size=cfg.eval_batch_size,
+        batch_size=batch_size,
         sampler=SequentialSampler(view),
         generator=torch.Generator().manual_seed(0),  # keeps the global RNG untouched
-        collate_fn=make_collator(tokenizer, cfg, max_length),
+        collate_fn=make_collator(tokenizer, max_length, pad_to_max_length, pad_to_multiple_of),
         **_worker_options(num_workers, pin_memory),
     )

@@ -25,15 +25,22 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from qaexp.errors import QAExpError
-from qaexp.rundir import METRICS_FILE, SUMMARY_FILE, read_metrics
+from qaexp.tracking.rundir import METRICS_FILE, SUMMARY_FILE, read_metrics
 
 log = logging.getLogger(__name__)
 
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 OUTPUT_FILES = ("comparison.csv", "comparison.md", "comparison.png")
 RESULT_COLUMNS = (
-    "status", "best F1", "best EM", "final F1", "final EM", "best epoch", "train s", "features/s",
-)  # fmt: skip
+    "status",
+    "best F1",
+    "best EM",
+    "final F1",
+    "final EM",
+    "best epoch",
+    "train s",
+    "windows/s",
+)
 
 
 @dataclass
@@ -62,13 +69,13 @@ class RunResult:
         return sum(e.get("train_seconds") or 0.0 for e in self.epochs)
 
     @property
-    def features_per_second(self) -> float | None:
+    def windows_per_second(self) -> float | None:
         """Training windows per second over all epochs (each epoch weighted by its time)."""
-        features = sum(
-            (e.get("train_samples_per_second") or 0.0) * (e.get("train_seconds") or 0.0)
+        windows = sum(
+            (e.get("train_windows_per_second") or 0.0) * (e.get("train_seconds") or 0.0)
             for e in self.epochs
         )
-        return features / self.train_seconds if self.train_seconds else None
+        return windows / self.train_seconds if self.train_seconds else None
 
     def results(self) -> dict[str, Any]:
         best, final = self.best or {}, self.final or {}
@@ -80,7 +87,7 @@ class RunResult:
             "final EM": final.get("exact_match"),
             "best epoch": best.get("epoch"),
             "train s": self.train_seconds if self.epochs else None,
-            "features/s": self.features_per_second,
+            "windows/s": self.windows_per_second,
         }
 
 
@@ -106,8 +113,9 @@ def find_run_dirs(paths: list[Path]) -> list[tuple[Path, str]]:
         if is_run_dir(path):
             found.append((path, str(path)))
             continue
-        children = sorted((c for c in path.iterdir() if c.is_dir() and is_run_dir(c)),
-                          key=_folder_order)  # fmt: skip
+        children = sorted(
+            (c for c in path.iterdir() if c.is_dir() and is_run_dir(c)), key=_folder_order
+        )
         found += [(child, child.name if len(paths) == 1 else str(child)) for child in children]
     if not found:
         shown = " ".join(str(p) for p in paths)
@@ -144,8 +152,9 @@ def read_epochs(run_dir: Path) -> list[dict]:
     try:
         return read_metrics(run_dir)
     except ValueError as err:
-        log.warning("%s: unreadable (%s); the run is shown without its epochs.",
-                    run_dir / METRICS_FILE, err)  # fmt: skip
+        log.warning(
+            "%s: unreadable (%s); the run is shown without its epochs.", run_dir / METRICS_FILE, err
+        )
         return []
 
 
@@ -197,7 +206,7 @@ def _cell(column: str, value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.1f}" if column in ("train s", "features/s") else f"{value:.2f}"
+        return f"{value:.1f}" if column in ("train s", "windows/s") else f"{value:.2f}"
     return short_value(str(value))
 
 
@@ -205,8 +214,10 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     """A markdown table with padded columns, readable as plain text too."""
     cells = [header, *([_cell(c, v) for c, v in zip(header, row, strict=True)] for row in rows)]
     widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
-    lines = ["| " + " | ".join(s.ljust(w) for s, w in zip(line, widths, strict=True)) + " |"
-             for line in cells]  # fmt: skip
+    lines = [
+        "| " + " | ".join(s.ljust(w) for s, w in zip(line, widths, strict=True)) + " |"
+        for line in cells
+    ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines) + "\n"
 
@@ -240,8 +251,10 @@ def write_comparison(runs: list[RunResult], out_dir: Path) -> str:
     header, rows = table_rows(runs)
     table = markdown_table(header, rows)
     failed = sum(not run.completed for run in runs)
-    intro = (f"# Comparison of {len(runs)} runs\n\nRanked by best dev F1 (EM/F1 in %); "
-             f"{failed} run(s) did not complete.\n\n")  # fmt: skip
+    intro = (
+        f"# Comparison of {len(runs)} runs\n\nRanked by best dev F1 (EM/F1 in %); "
+        f"{failed} run(s) did not complete.\n\n"
+    )
     csv_path, md_path, png_path = (out_dir / name for name in OUTPUT_FILES)
     _write_atomic(csv_path, lambda p: p.write_text(csv_text(header, rows)))
     _write_atomic(md_path, lambda p: p.write_text(intro + table))
@@ -256,13 +269,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m qaexp.compare",
         description="Compare qaexp runs: a table sorted by best F1, plus "
-        + ", ".join(OUTPUT_FILES) + ".",
-    )  # fmt: skip
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                        help="a --multirun folder, or run folders")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the files (default: the folder given; the "
-                        "current folder when several are given)")  # fmt: skip
+        + ", ".join(OUTPUT_FILES)
+        + ".",
+    )
+    parser.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH", help="a --multirun folder, or run folders"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write the files (default: the folder given; the "
+        "current folder when several are given)",
+    )
     return parser.parse_args(argv)
 
 
@@ -292,8 +311,10 @@ class SweepComparison(Callback):
         except Exception as err:  # the jobs' results are safe already: never fail the sweep
             log.warning(
                 "Could not write the comparison into %s (%s); run `python -m qaexp.compare %s`.",
-                sweep_dir, err, sweep_dir,
-            )  # fmt: skip
+                sweep_dir,
+                err,
+                sweep_dir,
+            )
             return
         log.info("Comparison (also in %s/comparison.md):\n%s", sweep_dir, table)
 

@@ -42,8 +42,9 @@ def plot_f1_per_epoch(ax: Axes, runs: list[RunResult], keys: list[str]) -> None:
         f1 = [e["f1"] for e in run.epochs]
         style = "-" if run.completed else "--"
         if i < MAX_LABELLED_RUNS:
-            ax.plot(epochs, f1, style, marker="o", color=colors[run.label],
-                    label=run_label(run, keys))  # fmt: skip
+            ax.plot(
+                epochs, f1, style, marker="o", color=colors[run.label], label=run_label(run, keys)
+            )
         elif epochs:
             ax.plot(epochs, f1, style, color=colors[run.label], linewidth=0.8, zorder=0)
     if len(runs) > MAX_LABELLED_RUNS:
@@ -90,8 +91,15 @@ def plot_best_f1_by(ax: Axes, runs: list[RunResult], key: str) -> None:
     ax.scatter(xs, best, c=[colors[r.label] for r in done], s=40, zorder=3)
     if len(by_x) < len(xs):  # a mean per value only where values repeat (a grid, not lr)
         means = sorted((x, sum(v) / len(v)) for x, v in by_x.items())
-        ax.plot([m[0] for m in means], [m[1] for m in means], "-", color="0.4", linewidth=1,
-                zorder=2, label="mean of runs")  # fmt: skip
+        ax.plot(
+            [m[0] for m in means],
+            [m[1] for m in means],
+            "-",
+            color="0.4",
+            linewidth=1,
+            zorder=2,
+            label="mean of runs",
+        )
     ax.margins(x=0.15)
     ax.set_xlabel(key)
     ax.set_title(f"best F1 by {key}")

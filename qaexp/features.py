@@ -265,9 +265,15 @@ def build_features(
 
     builder = train_feature_columns if train else eval_feature_columns
     fingerprint = Hasher.hash(
-        [examples._fingerprint, builder.__name__, tokenizer_fingerprint(tokenizer),
-         max_length, stride, FEATURES_VERSION]
-    )  # fmt: skip
+        [
+            examples._fingerprint,
+            builder.__name__,
+            tokenizer_fingerprint(tokenizer),
+            max_length,
+            stride,
+            FEATURES_VERSION,
+        ]
+    )
     return examples.map(
         builder,
         batched=True,

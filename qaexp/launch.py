@@ -1,5 +1,4 @@
-"""Launch: where a run executes. Decides devices and precision, builds the Accelerator, and
-starts the worker processes of a multi-process run.
+"""Launch: where a run executes, and how its processes agree on one run directory.
 
 Three ways a run executes:
 - one process (``hardware.num_processes=1``): the Hydra job trains in-process;
@@ -21,102 +20,16 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DynamoBackend, TorchDynamoPlugin
 
-from qaexp.config import Device, HardwareConfig, MixedPrecision, QAExpConfig
-from qaexp.errors import QAExpError
+from qaexp.config import HardwareConfig, QAExpConfig, as_dict, from_dict
 from qaexp.tracking import RunLabels
+from qaexp.training import train
+from qaexp.training.runtime import resolve_device
+from qaexp.training.setup import prepare_data
 
 log = logging.getLogger(__name__)
 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
-
-
-def resolve_device(cfg: HardwareConfig) -> str:
-    """'cpu' or 'gpu'; hardware.device=gpu without a visible CUDA device is an error."""
-    cuda = torch.cuda.is_available()
-    if cfg.device == Device.gpu and not cuda:
-        raise QAExpError(
-            "hardware=gpu (hardware.device=gpu) but no CUDA device is visible to PyTorch "
-            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). Use "
-            "hardware=cpu, or hardware=auto to pick the GPU only when there is one."
-        )
-    if cfg.device == Device.auto:
-        return "gpu" if cuda else "cpu"
-    return cfg.device.value
-
-
-def resolve_mixed_precision(cfg: HardwareConfig, device: str) -> str:
-    """'no', 'fp16' or 'bf16' for the device; an impossible request is an error."""
-    wanted = cfg.mixed_precision
-    if wanted == MixedPrecision.auto:
-        if device == "cpu":
-            return "no"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device == "cpu" and wanted == MixedPrecision.fp16:
-        raise QAExpError(
-            "hardware.mixed_precision=fp16 is not available on the CPU (fp16 autocast and loss "
-            "scaling need a GPU). Use hardware.mixed_precision=no, or bf16 on a CPU that "
-            "supports it, or run on a GPU (hardware=gpu)."
-        )
-    if device == "gpu" and wanted == MixedPrecision.bf16 and not torch.cuda.is_bf16_supported():
-        raise QAExpError(
-            f"hardware.mixed_precision=bf16 but this GPU ({torch.cuda.get_device_name()}) does "
-            "not support bfloat16; use hardware.mixed_precision=fp16."
-        )
-    return wanted.value
-
-
-def dataloader_workers(cfg: HardwareConfig, device: str) -> int:
-    """hardware.dataloader_workers, or by default none on the CPU (a worker would take a core
-    from the model's maths) and up to 4 per GPU process (collating overlaps GPU compute)."""
-    if cfg.dataloader_workers is not None:
-        return cfg.dataloader_workers
-    if device == "cpu":
-        return 0
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(4, (cpus or 1) // (2 * cfg.num_processes))
-
-
-def compile_plugin(backend: str, dynamic: bool | None) -> TorchDynamoPlugin:
-    """Accelerate's torch.compile settings (``prepare`` compiles the model with them)."""
-    try:
-        plugin = TorchDynamoPlugin(backend=backend, dynamic=dynamic)
-    except ValueError as err:
-        choices = ", ".join(b.value.lower() for b in DynamoBackend if b != DynamoBackend.NO)
-        raise QAExpError(
-            f"trainer.compile_backend={backend} is not a torch.compile backend that Accelerate "
-            f"knows; use one of: {choices} (inductor is the default and the fast one)."
-        ) from err
-    log.info("torch.compile: backend %s, dynamic=%s", backend, dynamic)
-    return plugin
-
-
-def make_accelerator(
-    cfg: HardwareConfig,
-    gradient_accumulation_steps: int,
-    compile_model: bool = False,
-    compile_dynamic: bool | None = None,
-    compile_backend: str = "inductor",
-) -> Accelerator:
-    """The Accelerator for this hardware: precision, TF32, non-blocking copies from pinned
-    memory on GPU, and torch.compile (applied by ``prepare``) when ``compile_model`` is set."""
-    device = resolve_device(cfg)
-    precision = resolve_mixed_precision(cfg, device)
-    if device == "gpu" and cfg.tf32:
-        # TF32 tensor cores for fp32 matmuls (Ampere+): ~same accuracy, several times faster.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    dynamo = compile_plugin(compile_backend, compile_dynamic) if compile_model else None
-    return Accelerator(
-        cpu=device == "cpu",
-        mixed_precision=precision,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        # Pinned host batches only overlap with compute when the copy does not block.
-        dataloader_config=DataLoaderConfiguration(non_blocking=device == "gpu"),
-        dynamo_plugin=dynamo,
-    )
 
 
 # --- external launches ----------------------------------------------------------------------
@@ -159,9 +72,11 @@ def agreed_run_stamp() -> str:
         return now
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true":
         store = torch.distributed.TCPStore(
-            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            is_master=False,
             timeout=datetime.timedelta(seconds=60),
-        )  # fmt: skip
+        )
         key = f"qaexp/run_stamp/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
         return store.compare_set(key, "", now).decode()
     if "SLURM_JOB_ID" in os.environ:
@@ -190,18 +105,13 @@ def requested_processes(cfg: HardwareConfig) -> int:
 
 def _worker(config: dict, run_dir: str, labels: RunLabels | None) -> dict:
     """Entry point of one worker: rebuild the typed config and train (no Hydra here)."""
-    from omegaconf import OmegaConf
-
-    from qaexp.train import train
-
     rank = int(os.environ.get("RANK", "0"))
     handlers = [logging.StreamHandler()]
     if rank == 0:
         handlers.append(logging.FileHandler(Path(run_dir) / "qaexp.log"))
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True)
     quiet_other_ranks(rank)
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(QAExpConfig), config))
-    return train(cfg, Path(run_dir), labels)
+    return train(from_dict(config), Path(run_dir), labels)
 
 
 def launch_workers(
@@ -241,8 +151,6 @@ def launch_workers(
 def run_job(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | None = None) -> dict:
     """Run one job here, in workers, or as one rank of an external launch. `labels` name
     the run on dashboards (see qaexp.tracking)."""
-    from qaexp.train import prepare_data, resolved_config, train
-
     world = external_world_size()
     if world > 1:
         export_slurm_env()
@@ -254,4 +162,4 @@ def run_job(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | None = None) ->
         return train(cfg, run_dir, labels)
     # Validate and build (or load cached) features once, before any worker starts.
     prepare_data(cfg)
-    return launch_workers(run_dir, resolved_config(cfg), processes, labels)
+    return launch_workers(run_dir, as_dict(cfg), processes, labels)

@@ -114,6 +114,7 @@ def load_qa_checkpoint(
         log.warning(
             "%s=%s was not saved as a question-answering model: its QA head is freshly "
             "initialised, so its answers are random.",
-            key, name_or_path,
-        )  # fmt: skip
+            key,
+            name_or_path,
+        )
     return model, tokenizer

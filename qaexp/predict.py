@@ -26,14 +26,20 @@ from typing import get_type_hints
 
 import datasets
 
+from qaexp.config import ANSWER_BATCH_SIZE, MAX_ANSWER_LENGTH, MAX_LENGTH, N_BEST, STRIDE
+from qaexp.data import load_squad_json, question_record
 from qaexp.errors import QAExpError
+from qaexp.metrics import squad_metrics
+from qaexp.tracking.rundir import write_json_atomic
 
 log = logging.getLogger("qaexp.predict")
 
 USAGE = (
     "usage: python -m qaexp.predict checkpoint=PATH_OR_HUB_ID "
-    "(question=TEXT context=TEXT | input=FILE [output=FILE]) [top_k=1] [max_length=384] "
-    "[stride=128] [max_answer_length=30] [n_best=20] [batch_size=32] [device=auto]"
+    "(question=TEXT context=TEXT | input=FILE [output=FILE]) "
+    f"[top_k=1] [max_length={MAX_LENGTH}] [stride={STRIDE}] "
+    f"[max_answer_length={MAX_ANSWER_LENGTH}] [n_best={N_BEST}] "
+    f"[batch_size={ANSWER_BATCH_SIZE}] [device=auto]"
 )
 
 
@@ -45,11 +51,11 @@ class PredictConfig:
     input: str | None = None  # JSON list, JSON lines, or official SQuAD JSON
     output: str | None = None  # default: <input>.predictions.json next to the input
     top_k: int = 1
-    max_length: int = 384
-    stride: int = 128
-    max_answer_length: int = 30
-    n_best: int = 20
-    batch_size: int = 32
+    max_length: int = MAX_LENGTH
+    stride: int = STRIDE
+    max_answer_length: int = MAX_ANSWER_LENGTH
+    n_best: int = N_BEST
+    batch_size: int = ANSWER_BATCH_SIZE
     device: str = "auto"  # auto (GPU when there is one), cpu, cuda, cuda:N
 
 
@@ -112,15 +118,10 @@ def _as_dataset(path: Path, records: list[object]) -> datasets.Dataset:
     """Records as a Dataset with id/question/context/answers (ids default to positions)."""
     ids, questions, contexts = [], [], []
     for i, record in enumerate(records):
-        where = f"input={path}: record {i}"
-        if not isinstance(record, dict):
-            raise QAExpError(f"{where} is not a JSON object.")
-        for key in ("question", "context"):
-            if not isinstance(record.get(key), str):
-                raise QAExpError(f"{where} needs a string {key!r}.")
+        checked = question_record(record, f"input={path}: record {i}")
         ids.append(str(record.get("id", i)))
-        questions.append(record["question"])
-        contexts.append(record["context"])
+        questions.append(checked["question"])
+        contexts.append(checked["context"])
     if not ids:
         raise QAExpError(f"input={path} holds no questions.")
     return datasets.Dataset.from_dict({"id": ids, "question": questions, "context": contexts})
@@ -128,8 +129,6 @@ def _as_dataset(path: Path, records: list[object]) -> datasets.Dataset:
 
 def read_questions(file: str) -> datasets.Dataset:
     """The questions of `file`: JSON list, JSON lines, or official SQuAD JSON (with answers)."""
-    from qaexp.data import load_squad_json
-
     path = Path(file).expanduser()
     if not path.is_file():
         raise QAExpError(f"input={file}: no such file ({path.resolve()}).")
@@ -179,9 +178,6 @@ def show(answers: dict | list) -> None:
 def answer_file(qa, examples: datasets.Dataset, cfg: PredictConfig) -> Path:
     """Answer every question of `examples` (read from `cfg.input`); write the predictions
     (and the n-best lists)."""
-    from qaexp.metrics import squad_metrics
-    from qaexp.rundir import write_json_atomic
-
     log.info("Answering %d questions from %s", len(examples), cfg.input)
     ranked = qa.answer(examples)
     predictions = {
@@ -201,21 +197,28 @@ def answer_file(qa, examples: datasets.Dataset, cfg: PredictConfig) -> Path:
             scores = squad_metrics(predictions, golds)
             log.info(
                 "Against the file's answers (%d questions): EM %.2f F1 %.2f",
-                len(golds), scores["exact_match"], scores["f1"],
-            )  # fmt: skip
+                len(golds),
+                scores["exact_match"],
+                scores["f1"],
+            )
     return output
 
 
 def run(cfg: PredictConfig) -> None:
-    from qaexp.pipeline import pipeline
+    from qaexp.answering import pipeline  # torch and transformers: only once input is checked
 
     examples = read_questions(cfg.input) if cfg.input is not None else None  # fail fast
     device = None if cfg.device == "auto" else cfg.device
     qa = pipeline(
-        cfg.checkpoint, device=device, top_k=cfg.top_k, max_length=cfg.max_length,
-        stride=cfg.stride, max_answer_len=cfg.max_answer_length, n_best=cfg.n_best,
+        cfg.checkpoint,
+        device=device,
+        top_k=cfg.top_k,
+        max_length=cfg.max_length,
+        stride=cfg.stride,
+        max_answer_len=cfg.max_answer_length,
+        n_best=cfg.n_best,
         batch_size=cfg.batch_size,
-    )  # fmt: skip
+    )
     if examples is not None:
         answer_file(qa, examples, cfg)
     else:

@@ -138,26 +138,19 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-TINY_RUN = [
-    "model=tiny",
-    "data=synthetic",
-    "data.synthetic.train_size=120",
-    "data.synthetic.eval_size=40",
-    "hardware=cpu",
-    "max_length=128",
-    "stride=32",
-    "trainer.epochs=2",
-    "trainer.train_batch_size=16",
-    "logger=none",  # wandb is the default logger; tests of tracking turn it on themselves
-]
+# The tiny debug run (conf/debug/tiny.yaml: random 2-layer BERT, 120/40 synthetic examples,
+# 2 epochs, CPU, no tracker); tests of tracking turn a logger on themselves.
+TINY_RUN = ["debug=tiny"]
 
 # TINY_RUN with 60 train / 20 eval synthetic examples and 1 epoch (seconds per job), without
 # the keys tests sweep or set: max_length, stride, logger.
 SWEPT = ("logger=", "data.synthetic.", "trainer.epochs=", "max_length=", "stride=")
 SMALL_RUN = [
     *(arg for arg in TINY_RUN if not arg.startswith(SWEPT)),
-    "data.synthetic.train_size=60", "data.synthetic.eval_size=20", "trainer.epochs=1",
-]  # fmt: skip
+    "data.synthetic.train_size=60",
+    "data.synthetic.eval_size=20",
+    "trainer.epochs=1",
+]
 SINGLE_RUN = [*SMALL_RUN, "max_length=128", "stride=32"]
 
 
@@ -169,14 +162,31 @@ def small_config(*overrides: str):
 
 
 EPOCH_KEYS = {
-    "epoch", "step", "train_loss", "exact_match", "f1", "train_seconds",
-    "train_samples_per_second", "eval_seconds",
-}  # fmt: skip
+    "epoch",
+    "step",
+    "train_loss",
+    "exact_match",
+    "f1",
+    "train_seconds",
+    "train_windows_per_second",
+    "eval_seconds",
+}
 SUMMARY_KEYS = {
-    "status", "best_epoch", "best_exact_match", "best_f1", "final_exact_match", "final_f1",
-    "train_examples", "train_features", "eval_examples", "eval_features", "wall_seconds",
-    "versions", "git_commit", "config",
-}  # fmt: skip
+    "status",
+    "best_epoch",
+    "best_exact_match",
+    "best_f1",
+    "final_exact_match",
+    "final_f1",
+    "train_examples",
+    "train_windows",
+    "eval_examples",
+    "eval_windows",
+    "wall_seconds",
+    "versions",
+    "git_commit",
+    "config",
+}
 
 
 def assert_run_dir_contract(run_dir: Path, epochs: list[int]) -> dict:
@@ -187,7 +197,7 @@ def assert_run_dir_contract(run_dir: Path, epochs: list[int]) -> dict:
         assert record.keys() >= EPOCH_KEYS
         assert 0 <= record["exact_match"] <= record["f1"] <= 100
         if record["epoch"] > 0:
-            assert record["train_samples_per_second"] > 0
+            assert record["train_windows_per_second"] > 0
     steps = [r["step"] for r in records]
     assert steps == sorted(steps)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -214,9 +224,12 @@ def tiny_qa_checkpoint(tmp_path_factory, minilm_tokenizer) -> Path:
     from transformers import AutoModelForQuestionAnswering, BertConfig
 
     config = BertConfig(
-        vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
-        num_attention_heads=2, intermediate_size=64,
-    )  # fmt: skip
+        vocab_size=minilm_tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_qa") / "checkpoint"
     AutoModelForQuestionAnswering.from_config(config).save_pretrained(folder)

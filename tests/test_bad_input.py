@@ -30,14 +30,14 @@ def settings(overrides: list[str]):
     ],
 )
 def test_non_positive_settings(override, key):
-    from qaexp.validation import validate_settings
+    from qaexp.checks import validate_settings
 
     with pytest.raises(QAExpError, match=key.replace(".", r"\.")):
         validate_settings(settings(["model=tiny", "data=synthetic", override]))
 
 
 def test_fp16_on_cpu():
-    from qaexp.launch import resolve_mixed_precision
+    from qaexp.training.runtime import resolve_mixed_precision
 
     cfg = settings(["hardware=cpu", "hardware.mixed_precision=fp16"])
     with pytest.raises(QAExpError, match="mixed_precision=fp16"):
@@ -47,7 +47,7 @@ def test_fp16_on_cpu():
 def test_gpu_without_cuda(monkeypatch):
     import torch
 
-    from qaexp.launch import resolve_device
+    from qaexp.training.runtime import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(QAExpError, match="hardware=gpu"):
@@ -65,15 +65,18 @@ def _raw(rows):
 
 def _row(i, answer_start=0, text="Ada", question="Who?"):
     return {
-        "id": f"q{i}", "title": "t", "context": "Ada wrote it.", "question": question,
+        "id": f"q{i}",
+        "title": "t",
+        "context": "Ada wrote it.",
+        "question": question,
         "answers": {"text": [text], "answer_start": [answer_start]},
-    }  # fmt: skip
+    }
 
 
 def test_duplicate_ids_are_refused():
     import datasets
 
-    from qaexp.validation import check_examples
+    from qaexp.data import check_examples
 
     raw = datasets.DatasetDict({"train": _raw([_row(0), _row(0)]), "validation": _raw([_row(1)])})
     with pytest.raises(QAExpError, match="duplicate question id.*'q0'"):
@@ -83,7 +86,7 @@ def test_duplicate_ids_are_refused():
 def test_empty_split_is_refused():
     import datasets
 
-    from qaexp.validation import check_examples
+    from qaexp.data import check_examples
 
     raw = datasets.DatasetDict({"train": _raw([_row(0)]), "validation": _raw([_row(1)]).select([])})
     with pytest.raises(QAExpError, match="validation split has no examples"):
@@ -93,7 +96,7 @@ def test_empty_split_is_refused():
 def test_misplaced_answers_are_left_out_of_training():
     import datasets
 
-    from qaexp.validation import check_examples
+    from qaexp.data import check_examples
 
     rows = [
         _row(0),
@@ -110,7 +113,7 @@ def test_misplaced_answers_are_left_out_of_training():
 def test_stride_too_large_for_the_room_left(minilm_tokenizer):
     import datasets
 
-    from qaexp.validation import validate_windows
+    from qaexp.checks import validate_windows
 
     cfg = settings(["model=tiny", "max_length=32", "stride=30"])
     raw = datasets.DatasetDict(
@@ -127,7 +130,7 @@ def test_stride_too_large_for_the_room_left(minilm_tokenizer):
 def test_max_length_beyond_position_embeddings(minilm_tokenizer):
     import datasets
 
-    from qaexp.validation import validate_windows
+    from qaexp.checks import validate_windows
 
     cfg = settings(["model=tiny", "max_length=4096"])
     raw = datasets.DatasetDict({"train": _raw([_row(0)]), "validation": _raw([_row(1)])})
@@ -187,9 +190,11 @@ def test_cli_bad_input_exits_2_and_leaves_no_run_dir(tmp_path, args, message):
 def test_offline_hub_fails_fast_with_the_options(tmp_path):
     # An endpoint that refuses connections stands for an unreachable Hub on any machine.
     result = run_qaexp(
-        ["model=bert-base-cased", "data=synthetic", "hardware=cpu"], cwd=tmp_path, timeout=120,
+        ["model=bert-base-cased", "data=synthetic", "hardware=cpu"],
+        cwd=tmp_path,
+        timeout=120,
         env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")},
-    )  # fmt: skip
+    )
     assert result.returncode == 2
     assert "model=minilm" in result.stderr and "data=squad_json" in result.stderr
     assert "Traceback" not in result.stderr

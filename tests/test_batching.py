@@ -110,8 +110,11 @@ def test_batches_are_padded_to_their_longest_window_only(eval_setup, minilm_toke
         features.add_column("start_positions", [0] * len(features)).add_column(
             "end_positions", [0] * len(features)
         ),
-        minilm_tokenizer, cfg, max_length=64, generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+        minilm_tokenizer,
+        cfg,
+        max_length=64,
+        generator=torch.Generator().manual_seed(0),
+    )
     widths = []
     for batch in loader:
         longest = int(batch["attention_mask"].sum(dim=1).max())
@@ -120,8 +123,9 @@ def test_batches_are_padded_to_their_longest_window_only(eval_setup, minilm_toke
         widths.append(width)
     assert min(widths) < 64  # real tokens, not max_length
 
-    fixed = TrainerConfig(train_batch_size=8, pad_to_max_length=True)
-    loader = make_eval_loader(features, minilm_tokenizer, fixed, max_length=64)
+    loader = make_eval_loader(
+        features, minilm_tokenizer, batch_size=8, max_length=64, pad_to_max_length=True
+    )
     assert {batch["input_ids"].shape[1] for batch in loader} == {64}
 
 
@@ -129,18 +133,18 @@ def test_fixed_and_dynamic_padding_give_the_same_predictions(eval_setup, minilm_
     from accelerate import Accelerator
 
     from qaexp.batching import window_lengths
-    from qaexp.evaluation import predict_logits
+    from qaexp.evaluation import collect_logits
     from qaexp.postprocess import postprocess_predictions
 
     cfg, examples, features, model = eval_setup
     accelerator = Accelerator(cpu=True)
     logits, predictions = {}, {}
-    for name, trainer in {
-        "fixed": TrainerConfig(eval_batch_size=16, pad_to_max_length=True),
-        "dynamic": TrainerConfig(eval_batch_size=7, pad_to_multiple_of=8),
+    for name, padding in {
+        "fixed": {"batch_size": 16, "pad_to_max_length": True},
+        "dynamic": {"batch_size": 7, "pad_to_multiple_of": 8},
     }.items():
-        loader = make_eval_loader(features, minilm_tokenizer, trainer, max_length=64)
-        start, end = predict_logits(model, loader, accelerator, len(features), width=64)
+        loader = make_eval_loader(features, minilm_tokenizer, max_length=64, **padding)
+        start, end = collect_logits(model, loader, len(features), 64, accelerator)
         logits[name] = start, end
         predictions[name] = postprocess_predictions(
             examples, features, start, end, cfg.n_best, cfg.max_answer_length

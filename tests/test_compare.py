@@ -25,10 +25,16 @@ def make_run(
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     epochs = [
-        {"epoch": i + 1, "step": 10 * (i + 1), "exact_match": v - 10, "f1": v,
-         "train_seconds": 10.0, "train_samples_per_second": 50.0}
+        {
+            "epoch": i + 1,
+            "step": 10 * (i + 1),
+            "exact_match": v - 10,
+            "f1": v,
+            "train_seconds": 10.0,
+            "train_samples_per_second": 50.0,
+        }
         for i, v in enumerate(f1)
-    ]  # fmt: skip
+    ]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
     if status is not None:
         (folder / "summary.json").write_text(json.dumps({"status": status}))
@@ -39,8 +45,12 @@ def make_run(
 def sweep(tmp_path) -> Path:
     """A 2x2 grid where job 2 is best, plus job 4 that failed and job 5 that wrote no summary."""
     root = tmp_path / "multirun"
-    grid = [("64", "256", [70.0, 75.0]), ("128", "256", [60.0, 65.0]),
-            ("64", "384", [80.0, 78.0]), ("128", "384", [55.0, 58.0])]  # fmt: skip
+    grid = [
+        ("64", "256", [70.0, 75.0]),
+        ("128", "256", [60.0, 65.0]),
+        ("64", "384", [80.0, 78.0]),
+        ("128", "384", [55.0, 58.0]),
+    ]
     for i, (stride, length, f1) in enumerate(grid):
         make_run(root / str(i), ["model=tiny", f"stride={stride}", f"max_length={length}"], f1)
     make_run(root / "4", ["model=tiny", "stride=64", "max_length=512"], [90.0], status="failed")
@@ -76,7 +86,7 @@ def test_best_final_epoch_time_and_throughput(sweep):
     row = next(r for r in read_csv(sweep / "comparison.csv") if r["run"] == "2")
     assert (float(row["best F1"]), float(row["best EM"]), row["best epoch"]) == (80.0, 70.0, "1")
     assert (float(row["final F1"]), float(row["final EM"])) == (78.0, 68.0)
-    assert float(row["train s"]) == 20.0 and float(row["features/s"]) == 50.0
+    assert float(row["train s"]) == 20.0 and float(row["windows/s"]) == 50.0
     no_summary = next(r for r in read_csv(sweep / "comparison.csv") if r["run"] == "5")
     assert no_summary["best F1"] == "" and no_summary["status"] == "failed"
 
@@ -87,7 +97,7 @@ def test_throughput_weights_epochs_by_their_time(tmp_path):
     lines[1].update(train_seconds=30.0, train_samples_per_second=10.0)
     (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
     (result,) = load_runs([run])
-    assert result.features_per_second == pytest.approx((10 * 50 + 30 * 10) / 40)
+    assert result.windows_per_second == pytest.approx((10 * 50 + 30 * 10) / 40)
 
 
 def test_a_truncated_metrics_file_does_not_stop_the_comparison(sweep, caplog):

@@ -55,9 +55,11 @@ def test_eval_with_one_and_two_processes_is_identical(two_process_run, tmp_path)
     checkpoint = cwd / "run" / "checkpoint"
     evaluate = [
         *[a for a in TINY_RUN if not a.startswith("model=")],
-        "model=minilm", f"model.name_or_path={checkpoint}", "trainer.epochs=0",
+        "model=minilm",
+        f"model.name_or_path={checkpoint}",
+        "trainer.epochs=0",
         "trainer.eval_batch_size=7",  # uneven batches across the two ranks
-    ]  # fmt: skip
+    ]
     one = run_qaexp([*evaluate, "hardware=cpu", "hydra.run.dir=one"], cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_qaexp([*evaluate, *TWO_CPU_WORKERS, "hydra.run.dir=two"], cwd=tmp_path)
@@ -70,9 +72,13 @@ def test_eval_with_one_and_two_processes_is_identical(two_process_run, tmp_path)
 @pytest.mark.slow
 def test_multirun_jobs_each_launch_their_own_workers(tmp_path):
     args = [
-        "--multirun", *TINY_RUN, *TWO_CPU_WORKERS, "trainer.epochs=1", "stride=24,32",
+        "--multirun",
+        *TINY_RUN,
+        *TWO_CPU_WORKERS,
+        "trainer.epochs=1",
+        "stride=24,32",
         "hydra.sweep.dir=sweep",
-    ]  # fmt: skip
+    ]
     result = run_qaexp(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     for job in ("0", "1"):
@@ -90,9 +96,14 @@ def test_torchrun_ranks_share_one_run_dir(tmp_path):
     """An external launch: every rank runs `python -m qaexp`, all join one process group
     and agree on one run directory under the default outputs/ layout."""
     args = [
-        "--standalone", "--nproc_per_node=2", "-m", "qaexp", *TINY_RUN, "hardware=cpu",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "qaexp",
+        *TINY_RUN,
+        "hardware=cpu",
         "trainer.epochs=1",
-    ]  # fmt: skip
+    ]
     result = run_qaexp(args, cwd=tmp_path, module="torch.distributed.run")
     assert result.returncode == 0, result.stderr[-3000:]
     run_dirs = [p for p in (tmp_path / "outputs" / "runs").glob("*/*") if p.is_dir()]
@@ -104,9 +115,14 @@ def test_torchrun_ranks_share_one_run_dir(tmp_path):
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_a_sweep(tmp_path):
     args = [
-        "--multirun", "hydra/launcher=local", *TINY_RUN, "hardware=cpu", "trainer.epochs=1",
-        "stride=24,32", "hydra.sweep.dir=sweep",
-    ]  # fmt: skip
+        "--multirun",
+        "hydra/launcher=local",
+        *TINY_RUN,
+        "hardware=cpu",
+        "trainer.epochs=1",
+        "stride=24,32",
+        "hydra.sweep.dir=sweep",
+    ]
     result = run_qaexp(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     for job in ("0", "1"):
@@ -117,10 +133,15 @@ def test_submitit_local_launcher_runs_a_sweep(tmp_path):
 @pytest.mark.squad
 def test_real_dev_subset_one_vs_two_processes(squad_dir, tmp_path):
     evaluate = [
-        "model=minilm", "data=squad_json", f"data.train_file={squad_dir / 'dev-v1.1.json'}",
-        f"data.validation_file={squad_dir / 'dev-v1.1.json'}", "data.max_train_samples=8",
-        "data.max_eval_samples=500", "trainer.epochs=0", "trainer.eval_batch_size=32",
-    ]  # fmt: skip
+        "model=minilm",
+        "data=squad_json",
+        f"data.train_file={squad_dir / 'dev-v1.1.json'}",
+        f"data.validation_file={squad_dir / 'dev-v1.1.json'}",
+        "data.max_train_samples=8",
+        "data.max_eval_samples=500",
+        "trainer.epochs=0",
+        "trainer.eval_batch_size=32",
+    ]
     one = run_qaexp([*evaluate, "hardware=cpu", "hydra.run.dir=one"], cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_qaexp([*evaluate, *TWO_CPU_WORKERS, "hydra.run.dir=two"], cwd=tmp_path)
@@ -157,9 +178,13 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
     """Job 1's stride leaves no room in its windows: it fails at validation, is recorded as
     failed in its own folder, and jobs 0 and 2 still complete."""
     args = [
-        "--multirun", *TINY_RUN, "hardware=cpu", "trainer.epochs=1", "stride=24,400,32",
+        "--multirun",
+        *TINY_RUN,
+        "hardware=cpu",
+        "trainer.epochs=1",
+        "stride=24,400,32",
         "hydra.sweep.dir=sweep",
-    ]  # fmt: skip
+    ]
     result = run_qaexp(args, cwd=tmp_path)
     assert result.returncode != 0  # the sweep reports the failure at the end
     assert "stride=400 must be smaller" in result.stderr

@@ -51,10 +51,11 @@ def evaluations(tmp_path_factory, engine_runs):
     return cached_runs(
         tmp_path_factory,
         lambda engine: [
-            *same_data, f"model.name_or_path={engine_runs(engine)[0] / 'checkpoint'}",
+            *same_data,
+            f"model.name_or_path={engine_runs(engine)[0] / 'checkpoint'}",
             "trainer.epochs=0",
         ],
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -82,7 +83,7 @@ def test_run_dir_contract(tiny_run):
     run_dir, _ = tiny_run
     summary = assert_run_dir_contract(run_dir, epochs=[1, 2])
     assert summary["eval_examples"] == 40 and summary["train_examples"] == 120
-    assert summary["train_features"] >= 120
+    assert summary["train_windows"] >= 120
     assert summary["config"]["max_length"] == 128  # the resolved config as run
     assert summary["num_processes"] == 1
     assert (run_dir / "checkpoint" / "README.md").is_file()  # the model card
@@ -123,7 +124,7 @@ def test_both_engines_train_the_same_way(engine_runs):
     by several points (README, "Training engines", has numbers from a real model)."""
     summaries = {e: json.loads((engine_runs(e)[0] / "summary.json").read_text()) for e in ENGINES}
     epochs = {e: read_jsonl(engine_runs(e)[0] / "metrics.jsonl") for e in ENGINES}
-    counts = ("train_examples", "train_features", "eval_examples", "eval_features")
+    counts = ("train_examples", "train_windows", "eval_examples", "eval_windows")
     assert {k: summaries["hf"][k] for k in counts} == {
         k: summaries["accelerate"][k] for k in counts
     }
@@ -144,8 +145,8 @@ def test_evaluate_only_reproduces_the_best_epoch(engine, tiny_run, evaluations):
     assert epoch["exact_match"] == pytest.approx(trained["best_exact_match"], abs=1e-9)
     summary = json.loads((evaluated / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["best_epoch"] == 0
-    assert (summary["train_examples"], summary["train_features"]) == (0, 0)  # never loaded
-    assert summary["eval_features"] == trained["eval_features"]
+    assert (summary["train_examples"], summary["train_windows"]) == (0, 0)  # never loaded
+    assert summary["eval_windows"] == trained["eval_windows"]
     assert (evaluated / "checkpoint" / "README.md").is_file()
     log = (evaluated / "qaexp.log").read_text()
     assert "without training" in log
@@ -164,10 +165,17 @@ def test_predict_agrees_with_evaluation(engine_runs, evaluations, tmp_path):
         )
     )
     result = run_qaexp(
-        [f"checkpoint={checkpoint}", f"input={questions}", "max_length=128", "stride=32",
-         "top_k=3", "device=cpu"],
-        cwd=tmp_path, module="qaexp.predict",
-    )  # fmt: skip
+        [
+            f"checkpoint={checkpoint}",
+            f"input={questions}",
+            "max_length=128",
+            "stride=32",
+            "top_k=3",
+            "device=cpu",
+        ],
+        cwd=tmp_path,
+        module="qaexp.predict",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     predictions = json.loads((tmp_path / "eval.predictions.json").read_text())
     assert predictions == json.loads((evaluated / "predictions.json").read_text())
@@ -181,11 +189,18 @@ def test_predict_agrees_with_evaluation(engine_runs, evaluations, tmp_path):
 def test_minilm_learns_the_synthetic_task(tmp_path):
     """The trained model answers far better than the same model before training."""
     common = [
-        "model=minilm", "data=synthetic", "hardware=cpu", "data.synthetic.train_size=500",
-        "data.synthetic.eval_size=80", "data.synthetic.long_context_fraction=0",
-        "max_length=192", "stride=64", "optimizer.lr=1e-4", "trainer.train_batch_size=16",
+        "model=minilm",
+        "data=synthetic",
+        "hardware=cpu",
+        "data.synthetic.train_size=500",
+        "data.synthetic.eval_size=80",
+        "data.synthetic.long_context_fraction=0",
+        "max_length=192",
+        "stride=64",
+        "optimizer.lr=1e-4",
+        "trainer.train_batch_size=16",
         "logger=none",
-    ]  # fmt: skip
+    ]
     before = run_qaexp([*common, "trainer.epochs=0", "hydra.run.dir=before"], cwd=tmp_path)
     assert before.returncode == 0, before.stderr[-3000:]
     after = run_qaexp(

@@ -9,10 +9,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from qaexp.config import Device, HardwareConfig, MixedPrecision
+from qaexp.checks import validate_settings
+from qaexp.config import Device, HardwareConfig, MixedPrecision, TrainerConfig
 from qaexp.errors import QAExpError
-from qaexp.launch import compile_plugin, dataloader_workers, make_accelerator
-from qaexp.validation import validate_settings
+from qaexp.training.runtime import compile_plugin, dataloader_workers, make_accelerator
 from tests.conftest import TINY_RUN, compose, read_jsonl, run_qaexp
 
 
@@ -43,15 +43,20 @@ def test_negative_workers_fail_naming_the_key():
 
 def test_static_compile_with_many_widths_warns(caplog):
     many = OmegaConf.to_object(compose(["trainer.compile=true", "trainer.compile_dynamic=false"]))
-    with caplog.at_level(logging.WARNING, logger="qaexp.validation"):
+    with caplog.at_level(logging.WARNING, logger="qaexp.checks"):
         validate_settings(many)
     assert "trainer.pad_to_multiple_of=64" in caplog.text
     caplog.clear()
     bucketed = OmegaConf.to_object(
-        compose(["trainer.compile=true", "trainer.compile_dynamic=false",
-                 "trainer.pad_to_multiple_of=64"])
-    )  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="qaexp.validation"):
+        compose(
+            [
+                "trainer.compile=true",
+                "trainer.compile_dynamic=false",
+                "trainer.pad_to_multiple_of=64",
+            ]
+        )
+    )
+    with caplog.at_level(logging.WARNING, logger="qaexp.checks"):
         validate_settings(bucketed)
     assert caplog.text == ""
 
@@ -78,16 +83,18 @@ def test_bf16_autocast_trains_on_cpu(fresh_accelerator_state):
 
     cfg = OmegaConf.to_object(compose(["model=tiny"]))
     hardware = HardwareConfig(device=Device.cpu, mixed_precision=MixedPrecision.bf16)
-    accelerator = make_accelerator(hardware, gradient_accumulation_steps=1)
+    accelerator = make_accelerator(hardware, TrainerConfig())
     assert accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu"
     model = accelerator.prepare(load_model(cfg.model))
     dtypes = []
     model.qa_outputs.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
     ids = torch.randint(1000, 2000, (2, 24))
     out = model(
-        input_ids=ids, attention_mask=torch.ones_like(ids),
-        start_positions=torch.tensor([3, 5]), end_positions=torch.tensor([4, 9]),
-    )  # fmt: skip
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        start_positions=torch.tensor([3, 5]),
+        end_positions=torch.tensor([4, 9]),
+    )
     assert dtypes == [torch.bfloat16]  # the matmuls ran under bf16 autocast
     assert out.start_logits.dtype == torch.float32  # Accelerate hands back fp32 outputs
     accelerator.backward(out.loss)
@@ -101,9 +108,15 @@ def test_compiled_run_trains_and_saves_a_plain_checkpoint(tmp_path):
     generation on a CPU; the checkpoint must not carry torch.compile's `_orig_mod.` prefix."""
     from transformers import AutoModelForQuestionAnswering
 
-    args = [*TINY_RUN, "data.synthetic.train_size=48", "data.synthetic.eval_size=16",
-            "trainer.epochs=1", "trainer.compile=true", "trainer.compile_backend=eager",
-            "hydra.run.dir=run"]  # fmt: skip
+    args = [
+        *TINY_RUN,
+        "data.synthetic.train_size=48",
+        "data.synthetic.eval_size=16",
+        "trainer.epochs=1",
+        "trainer.compile=true",
+        "trainer.compile_backend=eager",
+        "hydra.run.dir=run",
+    ]
     result = run_qaexp(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "torch.compile: backend eager" in (tmp_path / "run" / "qaexp.log").read_text()
@@ -118,7 +131,7 @@ def test_optimizer_is_fused_adamw_without_decay_on_biases_and_layernorm():
     from transformers import BertConfig, BertForQuestionAnswering
 
     from qaexp.config import OptimizerConfig
-    from qaexp.train import make_optimizer
+    from qaexp.training.optimizer import make_optimizer
 
     model = BertForQuestionAnswering(
         BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)

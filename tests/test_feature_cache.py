@@ -44,12 +44,17 @@ def squad_file(tmp_path) -> Path:
     qas = [
         {"id": f"q{i}", "question": q, "answers": [{"text": a, "answer_start": CONTEXT.index(a)}]}
         for i, (q, a) in enumerate(
-            [("Who founded it?", "Marie Curie"), ("When did it open?", "1914"),
-             ("Where is it?", "Paris")]
+            [
+                ("Who founded it?", "Marie Curie"),
+                ("When did it open?", "1914"),
+                ("Where is it?", "Paris"),
+            ]
         )
-    ]  # fmt: skip
-    document = {"version": "1.1", "data": [{"title": "t", "paragraphs": [
-        {"context": CONTEXT, "qas": qas}]}]}  # fmt: skip
+    ]
+    document = {
+        "version": "1.1",
+        "data": [{"title": "t", "paragraphs": [{"context": CONTEXT, "qas": qas}]}],
+    }
     path = tmp_path / "squad.json"
     path.write_text(json.dumps(document))
     return path
@@ -59,8 +64,11 @@ def build_in_fresh_process(squad_file: Path, cache_dir: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_DATASETS_CACHE": str(cache_dir)}
     done = subprocess.run(
         [sys.executable, "-c", BUILD, str(squad_file), str(cache_dir)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -89,9 +97,11 @@ def test_tokenizer_fingerprint_ignores_the_state_left_by_the_last_call(minilm_to
     tokenizer = copy.deepcopy(minilm_tokenizer)
     fresh = tokenizer_fingerprint(tokenizer)
     examples = {
-        "id": ["q0"], "question": ["Who founded it?"], "context": [CONTEXT],
+        "id": ["q0"],
+        "question": ["Who founded it?"],
+        "context": [CONTEXT],
         "answers": [{"text": ["Marie Curie"], "answer_start": [CONTEXT.index("Marie Curie")]}],
-    }  # fmt: skip
+    }
     prepare_train_features(examples, tokenizer, max_length=32, stride=8)
     assert tokenizer_fingerprint(tokenizer) == fresh
     tokenizer.padding_side = "left"  # this one does change the windows

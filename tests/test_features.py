@@ -297,10 +297,14 @@ def test_train_labels_decode_to_answers(squad_train, minilm_tokenizer):
     reference = reference_labels(ex_rows, minilm_tokenizer, 384, 128)
     assert labels_of(feats[:]) == reference
     enc = minilm_tokenizer(
-        [q.strip() for q in ex_rows["question"]], ex_rows["context"], max_length=384,
-        truncation="only_second", stride=128, return_overflowing_tokens=True,
+        [q.strip() for q in ex_rows["question"]],
+        ex_rows["context"],
+        max_length=384,
+        truncation="only_second",
+        stride=128,
+        return_overflowing_tokens=True,
         return_offsets_mapping=True,
-    )  # fmt: skip
+    )
     owner = enc["overflow_to_sample_mapping"]
     matched = labelled = 0
     for offsets, s, e, i in zip(
@@ -323,8 +327,8 @@ def test_train_labels_decode_to_answers(squad_train, minilm_tokenizer):
 from hypothesis import HealthCheck, given, reject, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from qaexp.checks import check_windows  # noqa: E402
 from qaexp.errors import QAExpError  # noqa: E402
-from qaexp.validation import check_windows  # noqa: E402
 
 WORDS = [
     "alpha",
@@ -352,8 +356,16 @@ def windowed_example(draw):
     question = " ".join(draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=6)))
     max_length = draw(st.integers(24, 96))
     stride = draw(st.integers(1, 8))
-    return {"id": ["q"], "question": [question], "context": [context],
-            "answers": [{"text": [answer], "answer_start": [start]}]}, max_length, stride  # fmt: skip
+    return (
+        {
+            "id": ["q"],
+            "question": [question],
+            "context": [context],
+            "answers": [{"text": [answer], "answer_start": [start]}],
+        },
+        max_length,
+        stride,
+    )
 
 
 @settings(

@@ -142,9 +142,33 @@ def official_scores(predictions, references):
 
 # Words that exercise articles, punctuation, case, Unicode word boundaries and repeats.
 WORDS = st.sampled_from(
-    ["the", "The", "a", "A", "an", "AN", "then", "ant", "t.he", "a,", "(the)", "cat", "cat's",
-     "dog", "dog!", "Été", "’s", "the’s", "—", "x_y", "4", "4.5", "", "a-b"]
-)  # fmt: skip
+    [
+        "the",
+        "The",
+        "a",
+        "A",
+        "an",
+        "AN",
+        "then",
+        "ant",
+        "t.he",
+        "a,",
+        "(the)",
+        "cat",
+        "cat's",
+        "dog",
+        "dog!",
+        "Été",
+        "’s",
+        "the’s",
+        "—",
+        "x_y",
+        "4",
+        "4.5",
+        "",
+        "a-b",
+    ]
+)
 SEPARATORS = st.sampled_from([" ", "  ", "\t", "\n", "", "-", ", "])
 
 

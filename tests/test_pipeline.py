@@ -36,7 +36,7 @@ class MarkerQA(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def qa(minilm_tokenizer):
-    from qaexp.pipeline import pipeline
+    from qaexp.answering import pipeline
 
     ids = minilm_tokenizer(["zebra", "violin"], add_special_tokens=False)["input_ids"]
     assert [len(i) for i in ids] == [1, 1]  # single-token markers
@@ -51,9 +51,13 @@ def long_context(repeats_before: int, repeats_after: int = 2) -> str:
 def test_answer_in_a_late_window_is_found_with_its_character_span(qa, minilm_tokenizer):
     context = long_context(repeats_before=8)
     windows = minilm_tokenizer(
-        "Who played?", context, max_length=64, stride=16, truncation="only_second",
+        "Who played?",
+        context,
+        max_length=64,
+        stride=16,
+        truncation="only_second",
         return_overflowing_tokens=True,
-    )["input_ids"]  # fmt: skip
+    )["input_ids"]
     assert len(windows) >= 4  # the answer is far from the first window
     result = qa(question="Who played?", context=context)
     assert set(result) == {"answer", "score", "start", "end"}
@@ -141,7 +145,7 @@ def test_unknown_argument_is_a_type_error(qa):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_asking_for_a_missing_gpu_fails_clearly(minilm_tokenizer):
-    from qaexp.pipeline import pipeline
+    from qaexp.answering import pipeline
 
     with pytest.raises(QAExpError, match="no CUDA device"):
         pipeline(MarkerQA(1, 2), tokenizer=minilm_tokenizer, device="cuda")
@@ -171,7 +175,7 @@ def test_loads_a_checkpoint_folder(tiny_qa_checkpoint, caplog):
 
 
 def test_warns_when_the_checkpoint_has_no_qa_head(base_checkpoint, caplog):
-    from qaexp.pipeline import pipeline
+    from qaexp.answering import pipeline
 
     with caplog.at_level(logging.WARNING):
         pipeline(base_checkpoint, device="cpu")
@@ -179,7 +183,7 @@ def test_warns_when_the_checkpoint_has_no_qa_head(base_checkpoint, caplog):
 
 
 def test_missing_local_checkpoint_names_the_path(tmp_path):
-    from qaexp.pipeline import pipeline
+    from qaexp.answering import pipeline
 
     with pytest.raises(QAExpError, match="no such folder"):
         pipeline(str(tmp_path / "runs" / "nope" / "checkpoint"))
@@ -189,7 +193,11 @@ def test_import_qaexp_stays_light():
     """`qaexp.pipeline` is resolved on first use; `import qaexp` pulls in no torch."""
     probe = "import sys, qaexp; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run(
-        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    )
     assert out.stdout.split() == ["False", "False"], out.stderr[-2000:]

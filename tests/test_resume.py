@@ -23,10 +23,10 @@ RESUME_RUN = [
 ]
 TIMING_KEYS = {
     "train_seconds",
-    "train_samples_per_second",
+    "train_windows_per_second",
     "train_tokens_per_second",
     "eval_seconds",
-    "eval_samples_per_second",
+    "eval_windows_per_second",
 }
 
 
@@ -49,9 +49,13 @@ def uninterrupted(tmp_path_factory):
 def start(args, cwd):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, "-m", "qaexp", *args], cwd=cwd, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "qaexp", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -105,9 +109,14 @@ def test_resume_from_another_run_dir(uninterrupted, tmp_path):
 
 def test_resume_with_a_different_recipe_is_refused(uninterrupted, tmp_path):
     result = run_qaexp(
-        [*RESUME_RUN, "optimizer.lr=1e-3", "hydra.run.dir=other",
-         f"trainer.resume_from={uninterrupted}"], cwd=tmp_path,
-    )  # fmt: skip
+        [
+            *RESUME_RUN,
+            "optimizer.lr=1e-3",
+            "hydra.run.dir=other",
+            f"trainer.resume_from={uninterrupted}",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "optimizer.lr" in result.stderr and "Cannot resume" in result.stderr
 
@@ -128,7 +137,7 @@ def test_same_seed_same_run(uninterrupted, tmp_path):
 
 def test_state_is_replaced_atomically(tmp_path):
     """A crash while saving leaves the previous complete state in place."""
-    from qaexp.rundir import replace_dir_atomic
+    from qaexp.tracking.rundir import replace_dir_atomic
 
     target, staged = tmp_path / "state", tmp_path / ".state.tmp"
     target.mkdir()

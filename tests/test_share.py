@@ -13,11 +13,11 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-import qaexp.share
+import qaexp.tracking.share
 from qaexp.config import HubConfig
 from qaexp.errors import QAExpError
-from qaexp.share import check_push_settings, model_card, share_run
-from qaexp.train import train
+from qaexp.tracking.share import check_push_settings, model_card, share_run
+from qaexp.training import train
 from tests.conftest import TINY_RUN, compose, read_jsonl, run_qaexp
 
 REPO_ID = "someone/tiny-qa"
@@ -32,8 +32,8 @@ def settings(overrides: list[str]):
 def hub_ready(monkeypatch):
     """A token and a reachable Hub, as on a logged-in machine."""
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test_token")
-    monkeypatch.setattr(qaexp.share, "hub_reachable", lambda: True)
-    monkeypatch.setattr(qaexp.share, "hub_offline_requested", lambda: False)
+    monkeypatch.setattr(qaexp.tracking.share, "hub_reachable", lambda: True)
+    monkeypatch.setattr(qaexp.tracking.share, "hub_offline_requested", lambda: False)
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_no_token_fails_naming_the_fix(monkeypatch):
 
 
 def test_unreachable_hub_fails_before_training(monkeypatch, hub_ready):
-    monkeypatch.setattr(qaexp.share, "hub_reachable", lambda: False)
+    monkeypatch.setattr(qaexp.tracking.share, "hub_reachable", lambda: False)
     with pytest.raises(QAExpError, match="cannot be reached"):
         check_push_settings(settings(["hub.push=true", f"hub.repo_id={REPO_ID}"]))
 
@@ -98,8 +98,9 @@ def test_cli_without_token_exits_2_before_training(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored token either
     result = run_qaexp(
         [*TINY_RUN, "hub.push=true", f"hub.repo_id={REPO_ID}", "hydra.run.dir=run"],
-        cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     assert "no Hugging Face token" in output

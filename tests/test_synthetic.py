@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qaexp import synthetic
-from qaexp.synthetic import generate_examples, iter_annotated_examples, iter_examples
+from qaexp.data import synthetic
+from qaexp.data.synthetic import generate_examples, iter_annotated_examples, iter_examples
 
 NUM_EXAMPLES = 3000
 FIRST_WINDOW_WORDS = 300  # a 384-token window holds roughly this many words of context
@@ -123,7 +123,7 @@ def test_iter_examples_matches_generate_examples():
 
 def test_output_does_not_depend_on_python_hash_seed():
     code = (
-        "import hashlib, json; from qaexp.synthetic import generate_examples; "
+        "import hashlib, json; from qaexp.data.synthetic import generate_examples; "
         "print(hashlib.sha256(json.dumps(generate_examples(300, 4, 'validation')).encode()).hexdigest())"
     )
     repo_root = str(Path(__file__).resolve().parents[1])

@@ -15,7 +15,7 @@ from qaexp.__main__ import dir_label, run_labels
 from qaexp.config import LoggerMode, QAExpConfig
 from qaexp.errors import QAExpError
 from qaexp.tracking import RunLabels, epoch_metrics, make_trackers, resolve_labels
-from qaexp.wandb_tracker import resolve_mode
+from qaexp.tracking.wandb_tracker import resolve_mode
 from tests.conftest import (
     SMALL_RUN,
     compose,
@@ -108,12 +108,15 @@ def test_unknown_logger_names_the_choices(tmp_path):
 
 
 def hydra_node(mode: str, overrides: str = "", cwd: str = "/work") -> DictConfig:
-    return OmegaConf.create({
-        "mode": mode, "runtime": {"cwd": cwd},
-        "run": {"dir": "outputs/runs/2025-01-31/12-00-00"},
-        "sweep": {"dir": "outputs/multirun/2025-01-31/12-30-00"},
-        "job": {"override_dirname": overrides},
-    })  # fmt: skip
+    return OmegaConf.create(
+        {
+            "mode": mode,
+            "runtime": {"cwd": cwd},
+            "run": {"dir": "outputs/runs/2025-01-31/12-00-00"},
+            "sweep": {"dir": "outputs/multirun/2025-01-31/12-30-00"},
+            "job": {"override_dirname": overrides},
+        }
+    )
 
 
 def test_jobs_of_a_multirun_share_the_sweep_group():
@@ -158,8 +161,15 @@ def test_epoch_metrics_use_the_dashboard_names():
 def sweep(tmp_path_factory):
     """`--multirun stride=32,48 max_length=96,128` with offline wandb."""
     cwd = tmp_path_factory.mktemp("sweep")
-    args = ["--multirun", *SMALL_RUN, *OFFLINE_WANDB, NO_CHECKPOINT, "max_length=96,128",
-            "stride=32,48", "hydra.sweep.dir=multirun/grid"]  # fmt: skip
+    args = [
+        "--multirun",
+        *SMALL_RUN,
+        *OFFLINE_WANDB,
+        NO_CHECKPOINT,
+        "max_length=96,128",
+        "stride=32,48",
+        "hydra.sweep.dir=multirun/grid",
+    ]
     result = run_qaexp(args, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     return cwd / "multirun" / "grid", result
@@ -187,8 +197,11 @@ def test_sweep_writes_one_offline_wandb_run_per_job(sweep):
     assert all(r.exit_code == 0 for r in runs)
     assert [r.name for r in runs] == [expected_name(job) for job in jobs]
     assert {(r.config["max_length"], r.config["stride"]) for r in runs} == {
-        (96, 32), (96, 48), (128, 32), (128, 48)
-    }  # fmt: skip
+        (96, 32),
+        (96, 48),
+        (128, 32),
+        (128, 48),
+    }
 
 
 @pytest.mark.slow
@@ -221,7 +234,7 @@ def test_wandb_summary_and_history_match_the_run_dir(sweep):
         assert all("eval/seconds" in h for h in logged)
         steps = [h for h in run.history if "train/loss" in h]
         assert [h["global_step"] for h in steps] == list(range(1, epochs[-1]["step"] + 1))
-        assert all(h["train/lr"] >= 0 and h["train/features_per_second"] > 0 for h in steps)
+        assert all(h["train/lr"] >= 0 and h["train/windows_per_second"] > 0 for h in steps)
 
 
 @pytest.mark.slow
@@ -241,8 +254,11 @@ def test_sweep_end_writes_the_comparison(sweep):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4
     assert {(r["max_length"], r["stride"]) for r in rows} == {
-        ("96", "32"), ("96", "48"), ("128", "32"), ("128", "48")
-    }  # fmt: skip
+        ("96", "32"),
+        ("96", "48"),
+        ("128", "32"),
+        ("128", "48"),
+    }
     best = [float(r["best F1"]) for r in rows]
     assert best == sorted(best, reverse=True)
     assert (sweep_dir / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -253,15 +269,16 @@ def test_sweep_end_writes_the_comparison(sweep):
 
 
 def test_failing_job_finishes_its_wandb_run_as_failed(tmp_path, monkeypatch):
-    import qaexp.train
+    from qaexp.training import train
+    from qaexp.training.loop import EpochRunner
 
     def broken_epoch(*args, **kwargs):
         raise RuntimeError("training broke")
 
-    monkeypatch.setattr(qaexp.train, "train_one_epoch", broken_epoch)
+    monkeypatch.setattr(EpochRunner, "run", broken_epoch)
     run_dir = tmp_path / "run"
     with pytest.raises(RuntimeError, match="training broke"):
-        qaexp.train.train(small_config(*OFFLINE_WANDB), run_dir, RunLabels("g", "failing"))
+        train(small_config(*OFFLINE_WANDB), run_dir, RunLabels("g", "failing"))
     (offline,) = offline_run_dirs(run_dir)
     run = read_offline_run(offline)
     assert run.exit_code == 1
@@ -273,7 +290,7 @@ def test_failing_job_finishes_its_wandb_run_as_failed(tmp_path, monkeypatch):
 def test_tensorboard_logs_steps_epochs_and_hparams(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from qaexp.train import train
+    from qaexp.training import train
 
     run_dir = tmp_path / "run"
     train(small_config("logger=tensorboard", "trainer.log_every_n_steps=1"), run_dir)
@@ -287,8 +304,15 @@ def test_tensorboard_logs_steps_epochs_and_hparams(tmp_path):
 
 @pytest.mark.slow
 def test_optuna_search_runs_three_trials(tmp_path):
-    args = [*SMALL_RUN, NO_CHECKPOINT, "hparams_search=optuna", "hydra.sweeper.n_trials=3",
-            "max_length=96,128", "stride=32", "hydra.sweep.dir=search"]  # fmt: skip
+    args = [
+        *SMALL_RUN,
+        NO_CHECKPOINT,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        "max_length=96,128",
+        "stride=32",
+        "hydra.sweep.dir=search",
+    ]
     result = run_qaexp(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     search = tmp_path / "search"
@@ -315,5 +339,9 @@ def test_optuna_search_space_is_documented_and_maximises():
     sweeper = cfg.hydra.sweeper
     assert "OptunaSweeper" in sweeper._target_ and sweeper.direction == "maximize"
     assert set(sweeper.params) == {
-        "optimizer.lr", "trainer.epochs", "trainer.train_batch_size", "stride", "max_length"
-    }  # fmt: skip
+        "optimizer.lr",
+        "trainer.epochs",
+        "trainer.train_batch_size",
+        "stride",
+        "max_length",
+    }

@@ -21,7 +21,7 @@ import yaml
 from qaexp.config import DataSource, HubConfig, ModelInit, QAExpConfig
 from qaexp.errors import QAExpError
 from qaexp.hub import hub_endpoint, hub_offline_requested, hub_reachable
-from qaexp.rundir import CHECKPOINT_DIR, read_metrics
+from qaexp.tracking.rundir import CHECKPOINT_DIR, read_metrics, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,7 @@ def share_run(cfg: QAExpConfig, run_dir: Path, summary: dict) -> None:
 
 def write_model_card(checkpoint: Path, card: str) -> Path:
     path = checkpoint / CARD_FILE
-    tmp = path.with_name(f".{CARD_FILE}.tmp")
-    tmp.write_text(card, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, card)
     return path
 
 
@@ -201,9 +199,9 @@ def _settings_table(cfg: QAExpConfig, summary: dict) -> str:
     settings = {
         "base model": f"`{cfg.model.name_or_path}` ({cfg.model.init.value})",
         "training data": f"{summary.get('train_examples', 0)} examples, "
-        f"{summary.get('train_features', 0)} windows",
+        f"{summary.get('train_windows', 0)} windows",
         "evaluation data": f"{summary.get('eval_examples')} examples, "
-        f"{summary.get('eval_features')} windows",
+        f"{summary.get('eval_windows')} windows",
         "max_length / stride": f"{cfg.max_length} / {cfg.stride} tokens",
         "epochs": t.epochs,
         "batch size": f"{t.train_batch_size} per device x {summary.get('num_processes', 1)} "

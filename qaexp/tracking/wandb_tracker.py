@@ -15,7 +15,7 @@ from typing import Any
 
 from qaexp.config import LoggerConfig, LoggerMode
 from qaexp.errors import QAExpError
-from qaexp.tracking import RunLabels, Tracker, epoch_metrics, summary_metrics
+from qaexp.tracking.base import RunLabels, Tracker, epoch_metrics, summary_metrics
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +107,18 @@ def start_wandb(
 
     try:
         run = wandb.init(
-            project=cfg.project, entity=cfg.entity, group=labels.group, name=labels.name,
-            job_type="train", tags=list(cfg.tags), config=config, mode=mode,
+            project=cfg.project,
+            entity=cfg.entity,
+            group=labels.group,
+            name=labels.name,
+            job_type="train",
+            tags=list(cfg.tags),
+            config=config,
+            mode=mode,
             dir=str(Path(run_dir).resolve()),
             # offline: qaexp's one log line below replaces wandb's banner
             settings=wandb.Settings(silent=mode == "offline", quiet=True),
-        )  # fmt: skip
+        )
     except wandb.errors.Error as err:
         raise QAExpError(
             f"wandb could not start a run in mode {mode} ({err}). Check the network and "

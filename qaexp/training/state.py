@@ -17,8 +17,9 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from qaexp.config import flatten
 from qaexp.errors import QAExpError
-from qaexp.rundir import replace_dir_atomic, write_json_atomic
+from qaexp.tracking.rundir import replace_dir_atomic, upgrade_record, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,15 @@ PROGRESS_FILE = "progress.json"
 
 # Keys that may change between the interrupted run and its continuation.
 RESUMABLE_CHANGES = (
-    "trainer.resume", "trainer.resume_from", "trainer.eval_batch_size",
-    "trainer.log_every_n_steps", "hardware", "logger", "data.num_proc", "data.cache_dir",
-)  # fmt: skip
+    "trainer.resume",
+    "trainer.resume_from",
+    "trainer.eval_batch_size",
+    "trainer.log_every_n_steps",
+    "hardware",
+    "logger",
+    "data.num_proc",
+    "data.cache_dir",
+)
 
 
 @dataclass
@@ -40,12 +47,26 @@ class Progress:
     batches_done: int = 0  # batches of that epoch already trained
     global_step: int = 0  # optimizer steps so far
     loss_sum: float = 0.0  # train loss summed over this epoch's batches (mean over processes)
-    features: int = 0  # windows trained this epoch (all processes)
+    windows: int = 0  # windows trained this epoch (all processes)
     tokens: int = 0  # real tokens trained this epoch (all processes)
     seconds: float = 0.0  # training seconds this epoch
     skipped_steps: int = 0  # batches skipped for a non-finite loss
     history: list[dict] = field(default_factory=list)  # metrics.jsonl records so far
     config: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> Progress:
+        """A saved progress.json, also one written before windows were called windows."""
+        saved = dict(saved)
+        if "features" in saved:
+            saved["windows"] = saved.pop("features")
+        saved["history"] = [upgrade_record(r) for r in saved.get("history", [])]
+        return cls(**saved)
+
+    def start_next_epoch(self) -> None:
+        self.epoch += 1
+        self.batches_done = self.windows = self.tokens = self.skipped_steps = 0
+        self.loss_sum = self.seconds = 0.0
 
 
 def save_state(accelerator: Accelerator, run_dir: Path, progress: Progress) -> Path:
@@ -91,20 +112,9 @@ def find_state(run_dir: Path, resume: bool, resume_from: str | None) -> Path | N
     return None
 
 
-def _flatten(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def check_same_config(saved: dict, current: dict, state_dir: Path) -> None:
     """Continuing with a different recipe would give a silently wrong result: refuse."""
-    before, now = _flatten(saved), _flatten(current)
+    before, now = flatten(saved), flatten(current)
     changed = sorted(
         key
         for key in before.keys() | now.keys()
@@ -121,11 +131,14 @@ def check_same_config(saved: dict, current: dict, state_dir: Path) -> None:
 
 def load_state(accelerator: Accelerator, state_dir: Path, config: dict) -> Progress:
     """Restore model, optimizer, scheduler and RNG; return the saved progress."""
-    progress = Progress(**json.loads((state_dir / PROGRESS_FILE).read_text()))
+    progress = Progress.from_saved(json.loads((state_dir / PROGRESS_FILE).read_text()))
     check_same_config(progress.config, config, state_dir)
     accelerator.load_state(str(state_dir))
     log.info(
         "Resuming from %s: epoch %d, %d batches done, step %d",
-        state_dir, progress.epoch, progress.batches_done, progress.global_step,
-    )  # fmt: skip
+        state_dir,
+        progress.epoch,
+        progress.batches_done,
+        progress.global_step,
+    )
     return progress

@@ -161,7 +161,7 @@ def _squad_record(qa: dict, title: str, context: str, path: str, where: str) -> 
 
 
 def _load_synthetic(cfg: DataConfig, splits: tuple[str, ...]) -> datasets.DatasetDict:
-    from qaexp.synthetic import iter_examples
+    from qaexp.data.synthetic import iter_examples
 
     syn = cfg.synthetic
     sizes = {"train": syn.train_size, "validation": syn.eval_size}

@@ -8,24 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qaexp.config import flatten
 from qaexp.errors import QAExpError
-from qaexp.tracking import Tracker, epoch_metrics
+from qaexp.tracking.base import Tracker, epoch_metrics
 
 TENSORBOARD_DIR = "tensorboard"
 
 
-def flat_hparams(config: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
-    """The nested config as dotted keys with the scalar types TensorBoard's HParams accepts."""
-    flat: dict[str, int | float | str | bool] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flat_hparams(value, prefix=f"{name}."))
-        elif isinstance(value, int | float | str | bool):
-            flat[name] = value
-        else:  # None and lists
-            flat[name] = str(value)
-    return flat
+def flat_hparams(config: dict) -> dict[str, int | float | str | bool]:
+    """The nested config as dotted keys with the scalar types TensorBoard's HParams accepts
+    (None and lists as text)."""
+    return {
+        key: value if isinstance(value, int | float | str | bool) else str(value)
+        for key, value in flatten(config).items()
+    }
 
 
 class TensorBoardTracker(Tracker):

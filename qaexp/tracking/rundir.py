@@ -11,28 +11,74 @@ import math
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from accelerate import Accelerator
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from qaexp.evaluation import EvalResult
 
 METRICS_FILE = "metrics.jsonl"
 PREDICTIONS_FILE = "predictions.json"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoint"
 
+# Names that run directories written by earlier versions used for the same quantities.
+RENAMED_KEYS = {
+    "train_samples_per_second": "train_windows_per_second",
+    "eval_samples_per_second": "eval_windows_per_second",
+    "train_features": "train_windows",
+    "eval_features": "eval_windows",
+}
+
 TRACKED_PACKAGES = (
-    "qaexp", "torch", "transformers", "datasets", "accelerate", "hydra-core", "omegaconf",
-    "tokenizers", "numpy", "wandb",
-)  # fmt: skip
+    "qaexp",
+    "torch",
+    "transformers",
+    "datasets",
+    "accelerate",
+    "hydra-core",
+    "omegaconf",
+    "tokenizers",
+    "numpy",
+    "wandb",
+)
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+@dataclass
+class EpochStats:
+    """One epoch's training, as the run records it."""
+
+    loss: float
+    steps: int
+    seconds: float
+    windows: int
+    tokens: int
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, flush it to disk, rename it into place:
+    a reader (or a crash) sees the old file or the new one, never a part. The temporary name
+    is the process's own, so concurrent writers (jobs of a sweep) never share one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, ensure_ascii=False)
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False))
+
+
+def upgrade_record(record: dict) -> dict:
+    """A metrics.jsonl or summary.json record under today's key names."""
+    return {RENAMED_KEYS.get(key, key): value for key, value in record.items()}
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -46,7 +92,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    return [upgrade_record(json.loads(line)) for line in lines if line.strip()]
 
 
 def replace_dir_atomic(staged: Path, target: Path) -> None:
@@ -98,7 +145,9 @@ class RunRecorder:
     """Writes the run directory from the main process: one line per epoch, the latest
     predictions, the best checkpoint, and the summary at the end."""
 
-    def __init__(self, run_dir: Path, accelerator: Any, config: dict, counts: dict[str, int]):
+    def __init__(
+        self, run_dir: Path, accelerator: Accelerator, config: dict, counts: dict[str, int]
+    ):
         self.run_dir = Path(run_dir)
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process
@@ -115,9 +164,7 @@ class RunRecorder:
         if not self.is_main or state_dir is None:
             return
         lines = "".join(json.dumps(r) + "\n" for r in self.history)
-        tmp = self.run_dir / f".{METRICS_FILE}.tmp"
-        tmp.write_text(lines, encoding="utf-8")
-        os.replace(tmp, self.run_dir / METRICS_FILE)
+        write_text_atomic(self.run_dir / METRICS_FILE, lines)
         source = Path(state_dir).resolve().parent / CHECKPOINT_DIR
         target = self.run_dir / CHECKPOINT_DIR
         if source.is_dir() and source.resolve() != target.resolve():
@@ -128,9 +175,15 @@ class RunRecorder:
         return max(self.history, key=lambda r: r["f1"], default=None)
 
     def record_epoch(
-        self, epoch: int, step: int, stats: Any, result: Any, model: Any, tokenizer: Any,
+        self,
+        epoch: int,
+        step: int,
+        stats: EpochStats,
+        result: EvalResult,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         save_checkpoint: bool,
-    ) -> dict:  # fmt: skip
+    ) -> dict:
         record = {
             "epoch": epoch,
             "step": step,
@@ -138,10 +191,10 @@ class RunRecorder:
             "exact_match": result.exact_match,
             "f1": result.f1,
             "train_seconds": stats.seconds,
-            "train_samples_per_second": stats.features / stats.seconds if stats.seconds else None,
+            "train_windows_per_second": stats.windows / stats.seconds if stats.seconds else None,
             "train_tokens_per_second": stats.tokens / stats.seconds if stats.seconds else None,
             "eval_seconds": result.seconds,
-            "eval_samples_per_second": result.features_per_second,
+            "eval_windows_per_second": result.windows_per_second,
         }
         improved = self.best is None or record["f1"] > self.best["f1"]
         self.history.append(record)
@@ -152,7 +205,7 @@ class RunRecorder:
             append_jsonl(self.run_dir / METRICS_FILE, record)
         return record
 
-    def save_checkpoint(self, model: Any, tokenizer: Any) -> None:
+    def save_checkpoint(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         """model + tokenizer as a plain save_pretrained folder, swapped in whole."""
         self.accelerator.wait_for_everyone()
         if self.is_main:

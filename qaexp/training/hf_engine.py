@@ -3,7 +3,7 @@
 This is the seed's first training path. The Trainer owns the loop: its own Accelerator,
 sampler, learning-rate schedule, mixed precision and gradient clipping. qaexp supplies all
 the rest, so that the two engines differ only in the loop: the same windows and references
-(`prepare_run`), the same collator, the same AdamW parameter groups (`make_optimizer`), and
+(`prepare_data`), the same collator, the same AdamW parameter groups (`make_optimizer`), and
 after every epoch the same evaluation and records (`RecordedRun.end_epoch`: qaexp's
 post-processing and SQuAD metric, the run directory files, the trackers). The Trainer's own
 evaluation and checkpointing are off (`eval_strategy="no"`, `save_strategy="no"`).
@@ -19,15 +19,19 @@ from pathlib import Path
 
 import datasets
 import torch
+from accelerate.utils import set_seed
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from qaexp.batching import make_collator, make_eval_loader, window_lengths
+from qaexp.batching import make_collator, window_lengths
 from qaexp.config import QAExpConfig
-from qaexp.launch import dataloader_workers, resolve_device, resolve_mixed_precision
 from qaexp.modeling import load_model
 from qaexp.tracking import RunLabels
-from qaexp.train import EpochStats, RecordedRun, make_optimizer, prepare_run, recorded_run
+from qaexp.tracking.rundir import EpochStats
+from qaexp.training.optimizer import make_optimizer, optimizer_steps_per_epoch
+from qaexp.training.recording import RecordedRun, recorded_run
+from qaexp.training.runtime import dataloader_workers, resolve_device, resolve_mixed_precision
+from qaexp.training.setup import eval_loader, prepare_data_once
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ def training_arguments(cfg: QAExpConfig, output_dir: Path) -> TrainingArguments:
         adam_beta1=o.betas[0],
         adam_beta2=o.betas[1],
         adam_epsilon=o.eps,
-        lr_scheduler_type=o.scheduler,
+        lr_scheduler_type=o.scheduler.value,
         warmup_steps=float(o.warmup_ratio),  # a float in [0, 1) is a ratio of all steps
         max_grad_norm=o.max_grad_norm or 0.0,  # 0 disables clipping
         eval_strategy="no",  # qaexp evaluates after every epoch (EpochEndEvaluation)
@@ -82,7 +86,7 @@ class QATrainer(Trainer):
 
     def reset_tally(self) -> None:
         self.loss_sum = torch.zeros(())
-        self.batches = self.features = self.tokens = 0
+        self.batches = self.windows = self.tokens = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -90,7 +94,7 @@ class QATrainer(Trainer):
             loss = result[0] if return_outputs else result
             self.loss_sum = self.loss_sum.to(loss.device) + loss.detach().float()
             self.batches += 1
-            self.features += inputs["input_ids"].shape[0]
+            self.windows += inputs["input_ids"].shape[0]
             self.tokens += int(inputs["attention_mask"].sum())
         return result
 
@@ -98,7 +102,7 @@ class QATrainer(Trainer):
         """This epoch's tally, reduced over processes as the Accelerate loop does."""
         acc = self.accelerator
         mean = acc.reduce(self.loss_sum.to(acc.device) / max(self.batches, 1), reduction="mean")
-        counts = acc.reduce(torch.tensor([self.features, self.tokens], device=acc.device), "sum")
+        counts = acc.reduce(torch.tensor([self.windows, self.tokens], device=acc.device), "sum")
         return EpochStats(mean.item(), steps, seconds, int(counts[0]), int(counts[1]))
 
     # Overrides the Trainer's (private) sampler hook; its signature is that of transformers 5.
@@ -141,39 +145,38 @@ class EpochEndEvaluation(TrainerCallback):
                 tracker.log_step(state.global_step, metrics)
 
 
-def steps_per_epoch(windows: int, cfg: QAExpConfig, processes: int) -> int:
-    """Optimizer steps per epoch: batches per process over accumulation, both rounded up."""
-    batches = math.ceil(windows / (cfg.trainer.train_batch_size * processes))
-    return math.ceil(batches / cfg.trainer.gradient_accumulation_steps)
-
-
 def train_with_hf_trainer(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | None = None) -> dict:
     """Fine-tune with transformers.Trainer, evaluating and recording after every epoch as the
-    Accelerate engine does; return the run summary."""
-    run_began = time.time()
-    setup = prepare_run(cfg)
-    model = load_model(cfg.model)
-    on_gpu = resolve_device(cfg.hardware) == "gpu"
+    Accelerate engine does; return the run summary. The Trainer's Accelerator is the run's
+    only one."""
+    began = time.time()
+    set_seed(cfg.seed)
     output_dir = Path(run_dir) / TRAINER_DIR
+    args = training_arguments(cfg, output_dir)
+    data = prepare_data_once(cfg, args.main_process_first(desc="qaexp windows"))
+    model = load_model(cfg.model)
     trainer = QATrainer(
         model=model,
-        args=training_arguments(cfg, output_dir),
-        train_dataset=setup.train_features,
-        data_collator=make_collator(setup.tokenizer, cfg.trainer, cfg.max_length),
-        processing_class=setup.tokenizer,
+        args=args,
+        train_dataset=data.train_windows,
+        data_collator=make_collator(
+            data.tokenizer,
+            cfg.max_length,
+            cfg.trainer.pad_to_max_length,
+            cfg.trainer.pad_to_multiple_of,
+        ),
+        processing_class=data.tokenizer,
         optimizers=(make_optimizer(model, cfg.optimizer), None),
         group_by_length=cfg.trainer.group_by_length and not cfg.trainer.pad_to_max_length,
     )
-    eval_loader = make_eval_loader(
-        setup.eval_features, setup.tokenizer, cfg.trainer, cfg.max_length,
-        num_workers=dataloader_workers(cfg.hardware, "gpu" if on_gpu else "cpu"),
-        pin_memory=on_gpu,
-    )  # fmt: skip
     accelerator = trainer.accelerator
-    eval_loader = accelerator.prepare(eval_loader)
-    with recorded_run(cfg, run_dir, setup, accelerator, eval_loader, run_began, labels) as run:
+    evaluation = accelerator.prepare(eval_loader(data, cfg, accelerator.device))
+    batches = math.ceil(
+        len(data.train_windows) / (cfg.trainer.train_batch_size * accelerator.num_processes)
+    )
+    with recorded_run(cfg, run_dir, data, accelerator, evaluation, began, labels) as run:
         trainer.add_callback(EpochEndEvaluation(trainer, run))
-        run.announce(steps_per_epoch(len(setup.train_features), cfg, accelerator.num_processes))
+        run.announce(optimizer_steps_per_epoch(batches, cfg.trainer.gradient_accumulation_steps))
         trainer.train()
     if accelerator.is_main_process and output_dir.is_dir() and not any(output_dir.iterdir()):
         shutil.rmtree(output_dir)

@@ -21,16 +21,13 @@ span was possible; here the shape depends on the call alone, never on the data.)
 the softmax of start + end logits over all valid spans of the example, in all its windows;
 ``start``/``end`` are character offsets, ``context[start:end] == answer``.
 
-The module is callable, so ``qaexp.pipeline(...)`` works whether or not this module was
-imported first (``qaexp.pipeline`` is both the module and the function's name).
+``qaexp.pipeline`` is this module's `pipeline`, imported on first use (see qaexp/__init__.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
-import types
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from typing import Any
@@ -40,13 +37,15 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from qaexp.batching import FEATURE_INDEX, make_eval_loader
-from qaexp.config import TrainerConfig
+from qaexp.batching import make_eval_loader
+from qaexp.checks import check_windows
+from qaexp.config import ANSWER_BATCH_SIZE, MAX_ANSWER_LENGTH, MAX_LENGTH, N_BEST, STRIDE
+from qaexp.data import question_record
 from qaexp.errors import QAExpError
+from qaexp.evaluation import collect_logits
 from qaexp.features import prepare_eval_features
 from qaexp.modeling import load_qa_checkpoint
 from qaexp.postprocess import postprocess_nbest
-from qaexp.validation import check_windows
 
 __all__ = ["AnswerSettings", "QuestionAnsweringPipeline", "pipeline"]
 
@@ -67,11 +66,11 @@ class AnswerSettings:
     """How answers are searched; every field can be set per pipeline and per call."""
 
     top_k: int = 1  # answers per question
-    max_answer_len: int = 30  # longest answer, in tokens (qaexp's max_answer_length)
+    max_answer_len: int = MAX_ANSWER_LENGTH  # longest answer, in tokens (max_answer_length)
     max_length: int | None = None  # tokens per window; None: min(the model's limit, 384)
     stride: int | None = None  # tokens shared by windows; None: min(max_length // 2, 128)
-    n_best: int = 20  # start/end candidates per window (raised to top_k when smaller)
-    batch_size: int = 32  # windows per forward pass
+    n_best: int = N_BEST  # start/end candidates per window (raised to top_k when smaller)
+    batch_size: int = ANSWER_BATCH_SIZE  # windows per forward pass
 
     def updated(self, **overrides: Any) -> AnswerSettings:
         """A copy with `overrides` applied (old names accepted), checked."""
@@ -103,13 +102,13 @@ class AnswerSettings:
 
     def windows(self, tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
         """max_length and stride, with the old pipeline's defaults for the ones left None."""
-        limit = getattr(tokenizer, "model_max_length", None) or 384
-        max_length = self.max_length or min(limit, 384)
-        stride = self.stride if self.stride is not None else min(max_length // 2, 128)
+        limit = getattr(tokenizer, "model_max_length", None) or MAX_LENGTH
+        max_length = self.max_length or min(limit, MAX_LENGTH)
+        stride = self.stride if self.stride is not None else min(max_length // 2, STRIDE)
         return max_length, stride
 
 
-def resolve_device(device: str | int | torch.device | None) -> torch.device:
+def inference_device(device: str | int | torch.device | None) -> torch.device:
     """None/"auto": the first GPU when there is one, else the CPU; an int is a CUDA index
     (-1: the CPU), as in the old pipeline; "gpu" means "cuda"."""
     if device is None or device == "auto":
@@ -127,15 +126,6 @@ def resolve_device(device: str | int | torch.device | None) -> torch.device:
     return resolved
 
 
-def _record(item: object, where: str) -> dict[str, str]:
-    if not isinstance(item, Mapping):
-        raise QAExpError(f"{where} must be a dict with 'question' and 'context', got {item!r:.80}.")
-    for key in ("question", "context"):
-        if not isinstance(item.get(key), str):
-            raise QAExpError(f"{where} needs a string {key!r}, got {item.get(key)!r:.80}.")
-    return {"question": item["question"], "context": item["context"]}
-
-
 def as_records(
     args: tuple, question: str | Sequence[str] | None, context: str | Sequence[str] | None
 ) -> tuple[list[dict[str, str]], bool]:
@@ -148,14 +138,14 @@ def as_records(
             )
         data = args[0]
         if isinstance(data, Mapping):
-            return [_record(data, "the input")], True
+            return [question_record(data, "the input")], True
         if isinstance(data, (list, tuple)):
-            return [_record(d, f"input {i}") for i, d in enumerate(data)], False
+            return [question_record(d, f"input {i}") for i, d in enumerate(data)], False
         raise QAExpError(f"Expected a dict or a list of dicts, got {type(data).__name__}.")
     if question is None or context is None:
         raise QAExpError("Both question= and context= are needed.")
     if isinstance(question, str) and isinstance(context, str):
-        return [_record({"question": question, "context": context}, "the input")], True
+        return [question_record({"question": question, "context": context}, "the input")], True
     questions = [question] if isinstance(question, str) else list(question)
     contexts = [context] if isinstance(context, str) else list(context)
     if len(questions) == 1 < len(contexts):
@@ -169,7 +159,8 @@ def as_records(
         )
     pairs = zip(questions, contexts, strict=True)
     return [
-        _record({"question": q, "context": c}, f"input {i}") for i, (q, c) in enumerate(pairs)
+        question_record({"question": q, "context": c}, f"input {i}")
+        for i, (q, c) in enumerate(pairs)
     ], False
 
 
@@ -225,9 +216,14 @@ class QuestionAnsweringPipeline:
         )
         start, end = self.window_logits(features, s.batch_size, max_length)
         nbest = postprocess_nbest(
-            examples, features, start, end, n_best=max(s.n_best, s.top_k),
-            max_answer_length=s.max_answer_len, top_k=s.top_k,
-        )  # fmt: skip
+            examples,
+            features,
+            start,
+            end,
+            n_best=max(s.n_best, s.top_k),
+            max_answer_length=s.max_answer_len,
+            top_k=s.top_k,
+        )
         return {
             example_id: [
                 {"answer": c["text"], "score": c["score"], "start": c["start"], "end": c["end"]}
@@ -240,19 +236,8 @@ class QuestionAnsweringPipeline:
         self, features: datasets.Dataset, batch_size: int, width: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """(windows, width) start and end logits, row i for window i, padding at -inf."""
-        loader = make_eval_loader(
-            features, self.tokenizer, TrainerConfig(eval_batch_size=batch_size), width
-        )
-        start = np.full((len(features), width), -np.inf, dtype=np.float32)
-        end = np.full((len(features), width), -np.inf, dtype=np.float32)
-        with torch.inference_mode():
-            for batch in loader:
-                index = batch.pop(FEATURE_INDEX).numpy()
-                out = self.model(**batch.to(self.device))
-                w = min(out.start_logits.shape[1], width)
-                start[index, :w] = out.start_logits[:, :w].float().cpu().numpy()
-                end[index, :w] = out.end_logits[:, :w].float().cpu().numpy()
-        return start, end
+        loader = make_eval_loader(features, self.tokenizer, batch_size, width)
+        return collect_logits(self.model, loader, len(features), width)
 
 
 def pipeline(
@@ -277,15 +262,4 @@ def pipeline(
         tokenizer = tokenizer or loaded
     if isinstance(tokenizer, str):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-    return QuestionAnsweringPipeline(model, tokenizer, resolve_device(device), chosen)
-
-
-class _CallableModule(types.ModuleType):
-    """`qaexp.pipeline(...)` calls `pipeline` even when `qaexp.pipeline` names this module
-    (importing a submodule binds its name on the package, hiding a function of that name)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> QuestionAnsweringPipeline:
-        return pipeline(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+    return QuestionAnsweringPipeline(model, tokenizer, inference_device(device), chosen)

@@ -1,0 +1,69 @@
+"""What every tracker shares: the hooks, the metric names, and how runs are labelled.
+
+Every tracker uses the same metric names: `train/*` per optimizer step (x axis
+`global_step`), `eval/*` and `epoch/*` per epoch (x axis `epoch`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# metrics.jsonl key -> tracker key, for the per-epoch record.
+EPOCH_METRICS = {
+    "exact_match": "eval/exact_match",
+    "f1": "eval/f1",
+    "eval_seconds": "eval/seconds",
+    "eval_windows_per_second": "eval/windows_per_second",
+    "train_loss": "epoch/train_loss",
+    "train_seconds": "epoch/train_seconds",
+    "train_windows_per_second": "epoch/train_windows_per_second",
+    "train_tokens_per_second": "epoch/train_tokens_per_second",
+}
+# summary.json keys a tracker's run summary carries (config and versions are logged elsewhere).
+SUMMARY_KEYS = (
+    "status",
+    "best_epoch",
+    "best_exact_match",
+    "best_f1",
+    "final_exact_match",
+    "final_f1",
+    "epochs",
+    "train_examples",
+    "train_windows",
+    "eval_examples",
+    "eval_windows",
+    "train_seconds",
+    "wall_seconds",
+)
+
+
+@dataclass(frozen=True)
+class RunLabels:
+    """How a run is grouped and named on a dashboard. Derived from the launcher (Hydra's sweep
+    dir and the job's overrides), so it is passed beside the config, never written into it."""
+
+    group: str
+    name: str
+
+
+class Tracker:
+    """Receives a run's numbers; a subclass sends them somewhere. Every hook is optional."""
+
+    def log_step(self, step: int, metrics: dict[str, float]) -> None:
+        """Per optimizer step (every trainer.log_every_n_steps): train loss, lr, throughput."""
+
+    def log_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
+        """After each epoch's evaluation: the metrics.jsonl record of that epoch."""
+
+    def finish(self, status: str, summary: dict) -> None:
+        """Always called once, also when the run fails (status 'failed' or 'interrupted')."""
+
+
+def epoch_metrics(record: dict) -> dict[str, float]:
+    """A metrics.jsonl record under tracker names (`eval/f1`, `epoch/train_loss`, ...)."""
+    return {name: record[key] for key, name in EPOCH_METRICS.items() if record.get(key) is not None}
+
+
+def summary_metrics(summary: dict) -> dict:
+    """The summary.json values a dashboard shows for a finished run."""
+    return {key: summary[key] for key in SUMMARY_KEYS if summary.get(key) is not None}

@@ -1,0 +1,111 @@
+"""Run setup: every check and every piece of data a run needs, before any training compute.
+
+Both engines start here: the config and Hub checks, the tokenizer, the validated raw
+examples, the (cached) windows, and the eval loader.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import datasets
+import torch
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from qaexp.batching import make_eval_loader
+from qaexp.checks import validate_settings, validate_windows
+from qaexp.config import ModelInit, QAExpConfig
+from qaexp.data import SPLITS, check_examples, load_raw_datasets
+from qaexp.features import build_features
+from qaexp.modeling import is_qa_checkpoint, load_tokenizer
+from qaexp.tracking.share import check_push_settings
+from qaexp.training.runtime import loader_options
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunData:
+    """Tokenizer, validated raw examples and their windows (no train split when evaluating
+    only)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    raw: datasets.DatasetDict
+    train_windows: datasets.Dataset | None
+    eval_windows: datasets.Dataset
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "train_examples": len(self.raw["train"]) if "train" in self.raw else 0,
+            "train_windows": len(self.train_windows) if self.train_windows else 0,
+            "eval_examples": len(self.raw["validation"]),
+            "eval_windows": len(self.eval_windows),
+        }
+
+    @property
+    def references(self) -> dict[str, list[str]]:
+        """Gold answer texts of every evaluation question, by id."""
+        validation = self.raw["validation"]
+        texts = (a["text"] for a in validation["answers"])
+        return dict(zip(validation["id"], texts, strict=True))
+
+
+def check_run_settings(cfg: QAExpConfig) -> None:
+    """Checks that need only the config and the environment (run once, before any data)."""
+    validate_settings(cfg)
+    check_push_settings(cfg)  # a missing Hub token fails here, not after training
+
+
+def prepare_data(cfg: QAExpConfig) -> RunData:
+    """Tokenizer, validated raw data and (cached) train/eval windows. Evaluate-only runs
+    (trainer.epochs=0) neither load nor window the training split."""
+    check_run_settings(cfg)
+    tokenizer = load_tokenizer(cfg.model)
+    splits = SPLITS if cfg.trainer.epochs else ("validation",)
+    raw, _ = check_examples(load_raw_datasets(cfg.data, splits))
+    validate_windows(cfg, tokenizer, raw)
+    kwargs = {"max_length": cfg.max_length, "stride": cfg.stride, "num_proc": cfg.data.num_proc}
+    train = (
+        build_features(raw["train"], tokenizer, train=True, **kwargs) if "train" in raw else None
+    )
+    evaluation = build_features(raw["validation"], tokenizer, train=False, **kwargs)
+    return RunData(tokenizer, raw, train, evaluation)
+
+
+def prepare_data_once(cfg: QAExpConfig, main_first: AbstractContextManager) -> RunData:
+    """`prepare_data` on the main process first (it fills the caches), then on the others."""
+    with main_first:
+        return prepare_data(cfg)
+
+
+def eval_loader(data: RunData, cfg: QAExpConfig, device: torch.device) -> DataLoader:
+    """The evaluation loader both engines use (windows in order, carrying their index)."""
+    trainer = cfg.trainer
+    return make_eval_loader(
+        data.eval_windows,
+        data.tokenizer,
+        trainer.eval_batch_size,
+        cfg.max_length,
+        trainer.pad_to_max_length,
+        trainer.pad_to_multiple_of,
+        **loader_options(cfg.hardware, device),
+    )
+
+
+def warn_if_qa_head_untrained(model: torch.nn.Module, cfg: QAExpConfig) -> None:
+    """Evaluate-only runs: say so when the scores will measure random weights."""
+    if cfg.model.init == ModelInit.random:
+        log.warning(
+            "model.init=random: evaluating randomly initialised weights. To evaluate a "
+            "checkpoint, use model.init=pretrained model.name_or_path=PATH."
+        )
+    elif not is_qa_checkpoint(model):
+        log.warning(
+            "%s was not saved as a question-answering model: its QA head is freshly "
+            "initialised, so these scores are those of a random head.",
+            cfg.model.name_or_path,
+        )
