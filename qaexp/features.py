@@ -160,6 +160,14 @@ def answer_token_positions(
     return np.where(inside, start_token, 0), np.where(inside, end_token, 0)
 
 
+def _first_answers(answers: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Start character and length of each example's first answer; (-1, 0) for an
+    unanswerable question (an empty ``text`` list, SQuAD v2.0)."""
+    starts = [a["answer_start"][0] if a["text"] else -1 for a in answers]
+    lengths = [len(a["text"][0]) if a["text"] else 0 for a in answers]
+    return np.array(starts, dtype=np.int64), np.array(lengths, dtype=np.int64)
+
+
 def train_feature_columns(
     examples: dict[str, list],
     tokenizer: PreTrainedTokenizerBase,
@@ -170,14 +178,16 @@ def train_feature_columns(
     """`prepare_train_features` as an Arrow table: what `build_features` stores (no Python
     object per token, so building and writing the cache is fast)."""
     windows = _windows(examples, tokenizer, max_length, stride, pad_to_max_length)
-    answer_start = np.array([a["answer_start"][0] for a in examples["answers"]], dtype=np.int64)
-    answer_length = np.array([len(a["text"][0]) for a in examples["answers"]], dtype=np.int64)
+    answer_start, answer_length = _first_answers(examples["answers"])
     start_char = answer_start[windows.example_index]
     end_char = start_char + answer_length[windows.example_index]
 
     starts, ends = answer_token_positions(
         windows.row_offsets, windows.spans, windows.context, start_char, end_char
     )
+    # An unanswerable question (no answer text) is labelled like a window missing the answer.
+    answerable = (answer_start >= 0)[windows.example_index]
+    starts, ends = np.where(answerable, starts, 0), np.where(answerable, ends, 0)
     columns = _model_input_columns(windows)
     columns["start_positions"] = pa.array(starts.astype(np.int64, copy=False))
     columns["end_positions"] = pa.array(ends.astype(np.int64, copy=False))
@@ -208,7 +218,8 @@ def prepare_train_features(
     pad_to_max_length: bool = False,
 ) -> dict[str, list]:
     """Windows with ``start_positions``/``end_positions`` labels (the first answer of each
-    example; (0, 0) for windows that do not contain the whole answer)."""
+    example; (0, 0), the CLS position, for windows that do not contain the whole answer and
+    for every window of an unanswerable question, whose ``answers.text`` is empty)."""
     table = train_feature_columns(examples, tokenizer, max_length, stride, pad_to_max_length)
     return table.to_pydict()
 

@@ -143,6 +143,46 @@ def test_several_windows_only_those_holding_the_whole_answer_are_labelled(minilm
     assert max(len(ids) for ids in feats["input_ids"]) <= 40
 
 
+def unanswerable(examples, *rows):
+    """`examples` with the answers of the given rows emptied (SQuAD v2.0 unanswerable)."""
+    out = copy.deepcopy(examples)
+    for row in rows:
+        out["answers"][row] = {"text": [], "answer_start": []}
+    return out
+
+
+@pytest.mark.parametrize("max_length,stride", [(384, 128), (40, 16)])
+def test_unanswerable_question_labels_every_window_with_cls(minilm_tokenizer, max_length, stride):
+    items = [
+        ("What did her daughter win?", CONTEXT, "a Nobel Prize", 0),
+        ("Where did she move in 1891?", CONTEXT, "Paris"),
+        ("When was Marie Curie born?", CONTEXT, "1867"),
+    ]
+    answerable = batch(*items)
+    feats = prepare_train_features(
+        unanswerable(answerable, 1), minilm_tokenizer, max_length=max_length, stride=stride
+    )
+    full = prepare_train_features(answerable, minilm_tokenizer, max_length, stride)
+    assert feats["input_ids"] == full["input_ids"]  # the answers change labels only
+    counts = [
+        len(prepare_train_features(batch(item), minilm_tokenizer, max_length, stride)["input_ids"])
+        for item in items
+    ]
+    first, second = counts[0], counts[0] + counts[1]
+    labels = labels_of(feats)
+    want = reference_labels(answerable, minilm_tokenizer, max_length, stride)
+    assert labels[first:second] == [(0, 0)] * counts[1]
+    assert want[first:second] != [(0, 0)] * counts[1]  # answerable, the same rows are labelled
+    assert labels[:first] == want[:first] and labels[second:] == want[second:]
+
+
+def test_a_batch_of_unanswerable_questions_only(minilm_tokenizer):
+    ex = unanswerable(batch(("What did she found?", CONTEXT, "Radium Institute")), 0)
+    feats = prepare_train_features(ex, minilm_tokenizer, max_length=40, stride=16)
+    assert len(feats["input_ids"]) > 2
+    assert labels_of(feats) == [(0, 0)] * len(feats["input_ids"])
+
+
 def test_answer_at_window_edge_and_cut_by_truncation(minilm_tokenizer):
     # Scan every window size/stride pair in a range so the answer lands at the first and last
     # context token of some window and is cut in half by others.

@@ -14,7 +14,11 @@ from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qaexp.postprocess import postprocess_nbest, postprocess_predictions
+from qaexp.postprocess import (
+    postprocess_nbest,
+    postprocess_predictions,
+    postprocess_predictions_v2,
+)
 
 SQUAD_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/squad"
 PAD = 1e6  # logit given to padding positions: larger than any real one, must never win
@@ -539,3 +543,175 @@ def test_real_dev_features_match_reference_loop():
     want = reference_postprocess(examples, features, start, end)
     assert got == want
     assert sum(bool(text) for text in got.values()) > 10_000  # random logits still find spans
+
+
+# --------------------------------------------------------------------------------------------
+# SQuAD v2.0: the null score against the best span
+
+
+def reference_postprocess_v2(
+    examples, features, start_logits, end_logits, n_best=20, max_answer_length=30, threshold=0.0
+):
+    """The standard null-score method, one question at a time: the null score is the smallest
+    CLS (position 0) start + end logit over the question's windows; answer "" when null -
+    best span > threshold. No valid span: "" with null odds +inf."""
+    feature_rows = defaultdict(list)
+    for row, example_id in enumerate(features["example_id"]):
+        feature_rows[example_id].append(row)
+    all_offsets = features["offset_mapping"]
+    predictions, null_odds = {}, {}
+    for example_id, context in zip(examples["id"], examples["context"], strict=True):
+        null, best = math.inf, None
+        for row in feature_rows[example_id]:
+            offsets = all_offsets[row]
+            if offsets:  # a window without tokens has no CLS
+                null = min(null, float(start_logits[row][0] + end_logits[row][0]))
+            for score, s, e in _valid_pairs(
+                offsets, start_logits[row], end_logits[row], n_best, max_answer_length
+            ):
+                if best is None or score > best[0]:
+                    best = (score, context[offsets[s][0] : offsets[e][1]])
+        if best is None:
+            predictions[example_id], null_odds[example_id] = "", math.inf
+            continue
+        span = float(best[0])
+        odds = 0.0 if null == span else null - span  # both -inf: a tie
+        predictions[example_id] = "" if odds > threshold else best[1]
+        null_odds[example_id] = odds
+    return predictions, null_odds
+
+
+def v2_case():
+    """One question, one window over all eight words; the span "beta gamma" scores 3."""
+    examples = make_examples({"x": CONTEXT})
+    features = make_features([("x", [*QUESTION, *WORDS, None])])
+    start = logits_with(12, {4: 2.0})
+    end = logits_with(12, {5: 1.0})
+    return examples, features, start, end
+
+
+def test_v2_null_wins():
+    examples, features, start, end = v2_case()
+    start[0, 0], end[0, 0] = 3.0, 2.5  # null 5.5 > span 3
+    got = postprocess_predictions_v2(examples, features, start, end)
+    assert got.predictions == {"x": ""}
+    assert got.null_odds == {"x": pytest.approx(2.5)}
+
+
+def test_v2_span_wins():
+    examples, features, start, end = v2_case()
+    start[0, 0], end[0, 0] = 1.0, 0.5  # null 1.5 < span 3
+    predictions, null_odds = postprocess_predictions_v2(examples, features, start, end)
+    assert predictions == {"x": "beta gamma"}
+    assert null_odds == {"x": pytest.approx(-1.5)}
+    assert predictions == postprocess_predictions(examples, features, start, end)
+
+
+def test_v2_threshold_moves_the_decision():
+    examples, features, start, end = v2_case()
+    start[0, 0] = end[0, 0] = 2.0  # null 4, span 3: odds 1
+    assert postprocess_predictions_v2(examples, features, start, end).predictions == {"x": ""}
+    for threshold, want in [(0.99, ""), (1.0, "beta gamma"), (5.0, "beta gamma")]:
+        got = postprocess_predictions_v2(
+            examples, features, start, end, null_score_diff_threshold=threshold
+        )
+        assert got.predictions == {"x": want}, threshold
+        assert got.null_odds == {"x": 1.0}  # the threshold never changes the odds
+    start[0, 0] = end[0, 0] = 0.0  # odds -3: a negative threshold can still refuse
+    got = postprocess_predictions_v2(examples, features, start, end, null_score_diff_threshold=-4)
+    assert got.predictions == {"x": ""}
+
+
+def test_v2_windows_disagree_min_null_over_windows_best_span_over_windows():
+    # Window 1 (words 0-4) is sure there is no answer; window 2 (words 3-7) holds a span.
+    w1 = [*QUESTION, *WORDS[0:5], None]
+    w2 = [*QUESTION, *WORDS[3:8], None]
+    examples = make_examples({"x": CONTEXT})
+    features = make_features([("x", w1), ("x", w2)])
+    start = np.zeros((2, 9), dtype=np.float32)
+    end = np.zeros((2, 9), dtype=np.float32)
+    start[0, 0] = end[0, 0] = 6.0  # window 1: null 12
+    start[1, 0] = end[1, 0] = 1.0  # window 2: null 2, the smallest: the question's null score
+    start[1, 6], end[1, 7] = 2.0, 2.0  # "eta theta" scores 4 in window 2
+    start[0, 3], end[0, 3] = 1.0, 0.5  # "alpha" scores 1.5 in window 1
+    got = postprocess_predictions_v2(examples, features, start, end)
+    assert got.predictions == {"x": "eta theta"}
+    assert got.null_odds == {"x": -2.0}
+    # The smallest CLS score is taken even from a window whose own span loses.
+    start[1, 0] = end[1, 0] = 3.0  # null now min(12, 6) = 6 > 4: no answer
+    start[0, 0] = end[0, 0] = 3.5
+    got = postprocess_predictions_v2(examples, features, start, end)
+    assert got.predictions == {"x": ""}
+    assert got.null_odds == {"x": 2.0}
+
+
+def test_v2_questions_without_span_or_windows_get_no_answer():
+    examples = make_examples({"x": CONTEXT, "y": CONTEXT, "lonely": "no windows"})
+    features = make_features([("x", [None, None, None]), ("y", [*QUESTION, *WORDS[:1], None])])
+    start = np.ones((2, 5), dtype=np.float32)
+    end = np.ones((2, 5), dtype=np.float32)
+    start[:, 0] = end[:, 0] = -5.0
+    predictions, null_odds = postprocess_predictions_v2(examples, features, start, end)
+    assert predictions == {"x": "", "y": "alpha", "lonely": ""}
+    assert null_odds == {"x": math.inf, "y": -12.0, "lonely": math.inf}
+    assert json.loads(json.dumps(null_odds)) == null_odds  # "Infinity" round-trips in Python
+
+
+def test_v2_bad_inputs_raise_the_v1_errors():
+    examples, features, start, end = v2_case()
+    with pytest.raises(ValueError, match="pad the logits"):
+        postprocess_predictions_v2(examples, features, start[:, :5], end[:, :5])
+    start[0, 0] = np.nan  # the CLS logit is a real token: checked like any other
+    with pytest.raises(ValueError, match="NaN"):
+        postprocess_predictions_v2(examples, features, start, end)
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_v2_matches_reference_loop_on_random_cases(seed):
+    rng = np.random.default_rng(20_000 + seed)
+    examples, features, start, end, n_best, max_len = random_case(rng)
+    if start.shape[1] and rng.random() < 0.7:  # CLS logits in the range of the best spans
+        start[:, 0] += rng.uniform(0, 4)
+        end[:, 0] += rng.uniform(0, 4)
+    threshold = float(rng.choice([0.0, rng.normal(scale=2.0), -1.0, 1.0]))
+    got = postprocess_predictions_v2(examples, features, start, end, n_best, max_len, threshold)
+    want = reference_postprocess_v2(examples, features, start, end, n_best, max_len, threshold)
+    assert got.predictions == want[0]
+    assert got.null_odds == want[1]
+    # The answered questions get the v1 answer; the others "".
+    v1 = postprocess_predictions(examples, features, start, end, n_best, max_len)
+    assert all(text in ("", v1[qid]) for qid, text in got.predictions.items())
+
+
+SQUAD2_DEV = Path(__file__).resolve().parents[1].parent / "shared/data/squad2/dev-v2.0.json"
+
+
+@pytest.mark.squad
+@pytest.mark.parametrize("max_length,stride", [(384, 128), (128, 48)])
+def test_v2_real_dev_windows_match_reference_loop(minilm_tokenizer, max_length, stride):
+    if not SQUAD2_DEV.exists():
+        pytest.skip(f"{SQUAD2_DEV} not found")
+    from qaexp.features import prepare_eval_features
+
+    examples = load_squad_examples(SQUAD2_DEV)
+    assert len(examples) == 11_873
+    rng = np.random.default_rng(max_length)
+    examples = examples.select(np.sort(rng.choice(len(examples), 800, replace=False)))
+    assert 200 < sum(not a["text"] for a in examples["answers"]) < 600
+    features = examples.map(
+        prepare_eval_features,
+        batched=True,
+        remove_columns=examples.column_names,
+        fn_kwargs={"tokenizer": minilm_tokenizer, "max_length": max_length, "stride": stride},
+    )
+    assert len(features) > len(examples)  # some questions span several windows
+    start = rng.normal(size=(len(features), max_length)).astype(np.float32)
+    end = rng.normal(size=(len(features), max_length)).astype(np.float32)
+    start[:, 0] += 2.5  # CLS scores in the range of the best spans: both outcomes occur
+    end[:, 0] += 2.5
+    got = postprocess_predictions_v2(examples, features, start, end)
+    want = reference_postprocess_v2(examples, features, start, end)
+    assert got.predictions == want[0]
+    assert got.null_odds == want[1]
+    no_answer = sum(text == "" for text in got.predictions.values())
+    assert 0.1 * len(examples) < no_answer < 0.9 * len(examples)

@@ -332,3 +332,132 @@ def test_each_fact_is_asked_in_several_phrasings(train):
         if "born" in record["question"] and not record["question"].startswith("Who")
     }
     assert len(birthplace_questions) >= 6
+
+
+# ----------------------------------------------------------------------------------------------
+# Unanswerable questions (SQuAD v2.0)
+# ----------------------------------------------------------------------------------------------
+
+NO_ANSWER = {"text": [], "answer_start": []}
+
+
+@pytest.fixture(scope="module")
+def with_unanswerable() -> list[tuple[dict, str]]:
+    return list(
+        iter_annotated_examples(2000, seed=0, split="validation", unanswerable_fraction=0.3)
+    )
+
+
+def pool_names(text: str) -> set[str]:
+    """Entity names of the generator's pools (people's name parts, cities, companies) in text."""
+    names = {*synthetic._FIRST_NAMES, *synthetic._SURNAMES, *synthetic._ORG_STEMS}
+    names |= {city for city, _ in synthetic._CITIES}
+    return {name for name in names if re.search(rf"\b{re.escape(name)}\b", text)}
+
+
+def statement_regex(statement: str, slot: str, names: set[str]) -> str:
+    """A statement template as a regex: `slot` filled with one of `names`, other slots any text."""
+    regex = re.escape(statement)
+    for _, name in synthetic._parse(statement):
+        if name:
+            fill = "(?:" + "|".join(map(re.escape, names)) + ")" if name == slot else ".+?"
+            regex = regex.replace(re.escape(f"{{{name}}}"), fill, 1)
+    return regex
+
+
+def stated_about(question: str, context: str) -> bool | None:
+    """For a question asking a fact type about one named subject: whether the context states a
+    fact of that type about it (a statement template of some fact type whose question template
+    gives this question matches the context). None when no question template gives it."""
+    verdicts = []
+    for fact_type in synthetic._FACT_TYPES.values():
+        for slot, templates in fact_type.questions.items():
+            for template in templates:
+                subjects = [name for _, name in synthetic._parse(template) if name]
+                if len(subjects) != 1 or subjects[0] == slot:
+                    continue
+                pattern = re.escape(template).replace(re.escape(f"{{{subjects[0]}}}"), "(.+)")
+                found = re.fullmatch(pattern, question[0].lower() + question[1:], re.I)
+                if found is None:
+                    continue
+                names = {found.group(1)}
+                if subjects[0] == "person":  # later mentions may use the surname alone
+                    names.add(found.group(1).rsplit(" ", 1)[-1])
+                verdicts.append(
+                    any(
+                        re.search(statement_regex(statement, subjects[0], names), context, re.I)
+                        for statement in fact_type.statements
+                    )
+                )
+    return any(verdicts) if verdicts else None
+
+
+def test_no_unanswerable_share_by_default_and_the_same_output_with_zero():
+    assert generate_examples(300, 5, "validation", 0.2, unanswerable_fraction=0.0) == (
+        generate_examples(300, 5, "validation", 0.2)
+    )
+    assert all(record["answers"]["text"] for record in generate_examples(300, 5))
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_unanswerable_questions_replace_questions_and_leave_the_rest(split):
+    plain = generate_examples(600, 11, split)
+    mixed = generate_examples(600, 11, split, unanswerable_fraction=0.4)
+    assert mixed == generate_examples(600, 11, split, unanswerable_fraction=0.4)  # deterministic
+    assert mixed[:100] == generate_examples(100, 11, split, unanswerable_fraction=0.4)  # prefix
+    replaced = 0
+    for before, after in zip(plain, mixed, strict=True):
+        assert {k: after[k] for k in ("id", "title", "context")} == {
+            k: before[k] for k in ("id", "title", "context")
+        }
+        if after["answers"] == NO_ANSWER:
+            replaced += 1
+            assert after["question"] != before["question"]
+        else:
+            assert after == before
+    assert 0.33 * len(plain) <= replaced <= 0.47 * len(plain)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 1.0])
+def test_share_of_unanswerable_questions_is_close_to_requested(fraction):
+    records = generate_examples(1000, 3, "train", unanswerable_fraction=fraction)
+    share = sum(record["answers"] == NO_ANSWER for record in records) / len(records)
+    assert abs(share - fraction) < 0.05
+
+
+def test_unanswerable_questions_ask_about_an_unstated_fact_or_an_unmentioned_entity(
+    with_unanswerable,
+):
+    kinds = collections.Counter()
+    for record, kind in with_unanswerable:
+        if record["answers"] != NO_ANSWER:
+            assert kind != synthetic.UNANSWERABLE
+            continue
+        assert kind == synthetic.UNANSWERABLE
+        question, context = record["question"], record["context"]
+        assert question.endswith("?") and question[0].isupper()
+        if pool_names(question) - pool_names(context):
+            kinds["unmentioned entity"] += 1
+            continue
+        # Every name in the question is in the context: it must ask an unstated fact.
+        assert stated_about(question, context) is False, (question, context)
+        kinds["unstated fact"] += 1
+    assert kinds["unmentioned entity"] > 150 and kinds["unstated fact"] > 150
+
+
+def test_stated_about_recognises_answerable_questions(annotated):
+    # The checker above must be able to fail: on answerable questions about one named
+    # subject, it finds the stating sentence.
+    checked = [
+        stated_about(record["question"], record["context"])
+        for record, _ in annotated
+        if len(pool_names(record["question"])) == 1
+    ]
+    judged = [result for result in checked if result is not None]
+    assert len(judged) > 300
+    assert all(judged)
+
+
+def test_bad_unanswerable_fraction_raises_with_the_name():
+    with pytest.raises(ValueError, match="unanswerable_fraction"):
+        generate_examples(5, 0, unanswerable_fraction=1.5)

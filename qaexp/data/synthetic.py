@@ -1347,6 +1347,8 @@ class _Paragraph:
     title: str
     context: str
     facts: list[_Fact]
+    domain: str  # the kind of entity the paragraph is about: person, org or city
+    subjects: tuple[str, ...]  # the paragraph's main entities of that kind
 
 
 def _build_paragraph(rng: random.Random, long_context: bool) -> _Paragraph:
@@ -1360,7 +1362,8 @@ def _build_paragraph(rng: random.Random, long_context: bool) -> _Paragraph:
     _lengthen(rng, drawer, domain, units, subjects, target, long_context)
     context = _render_context(units, rng)
     facts = [unit for unit in units if not isinstance(unit, str)]
-    return _Paragraph(subjects[0].replace(" ", "_"), context, facts)
+    named = tuple(subject for subject in subjects if subject is not None)
+    return _Paragraph(subjects[0].replace(" ", "_"), context, facts, domain, named)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1431,49 +1434,155 @@ def _question_record(
 
 
 # ----------------------------------------------------------------------------------------------
+# Unanswerable questions (SQuAD v2.0): about a fact the paragraph does not state, or about an
+# entity it does not mention. Drawn from their own random stream, so the paragraphs and the
+# answerable questions are those of the same call without unanswerable ones.
+# ----------------------------------------------------------------------------------------------
+
+
+def _template_slots(template: str) -> set[str]:
+    return {name for _, name in _parse(template) if name is not None}
+
+
+def _capitalised(question: str) -> str:
+    return question[0].upper() + question[1:]
+
+
+def _unstated_fact_question(rng: random.Random, paragraph: _Paragraph) -> str | None:
+    """A question about one of the paragraph's subjects, of a fact type never stated about it
+    (e.g. "What is X's profession?" when no sentence gives X's profession)."""
+    if not paragraph.subjects:
+        return None
+    domain, subject = paragraph.domain, rng.choice(paragraph.subjects)
+    stated = {fact.kind.name for fact in paragraph.facts if fact.values.get(domain) == subject}
+    templates = [
+        template
+        for name in _DOMAINS[domain]
+        if name not in stated
+        for slot, slot_templates in _FACT_TYPES[name].questions.items()
+        if slot != domain
+        for template in slot_templates
+        if _template_slots(template) == {domain}
+    ]
+    if not templates:
+        return None
+    return _capitalised(rng.choice(templates).format(**{domain: subject}))
+
+
+def _unmentioned(rng: random.Random, kind: str, context: str) -> str | None:
+    """A fresh entity of `kind` none of whose words occur in the context."""
+    words = set(re.findall(r"\w+", context))
+    for _ in range(_MAX_DRAWS):
+        value, _ = _DRAWERS[kind](rng)
+        if not words & set(re.findall(r"\w+", value)):
+            return value
+    return None
+
+
+def _unmentioned_entity_question(rng: random.Random, paragraph: _Paragraph) -> str | None:
+    """A question of a stated fact with one named entity swapped for one the paragraph never
+    mentions (e.g. "When was Y born?" where only X's birth is stated)."""
+    fact = rng.choice(paragraph.facts)
+    options = [
+        (template, slot)
+        for kind, templates in fact.kind.questions.items()
+        for template in templates
+        for slot in sorted(_template_slots(template))
+        if slot in _DOMAINS and slot != kind
+    ]
+    if not options:
+        return None
+    template, slot = rng.choice(options)
+    value = _unmentioned(rng, slot, paragraph.context)
+    if value is None:
+        return None
+    return _capitalised(template.format(**{**fact.values, slot: value}))
+
+
+def _unanswerable_record(rng: random.Random, paragraph: _Paragraph, record: dict) -> dict | None:
+    """`record` with a question its context cannot answer and no answers, or None."""
+    makers = [_unstated_fact_question, _unmentioned_entity_question]
+    rng.shuffle(makers)
+    for make in makers:
+        question = make(rng, paragraph)
+        if question is not None:
+            return {**record, "question": question, "answers": {"text": [], "answer_start": []}}
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_arguments(num_examples: int, split: str, long_context_fraction: float) -> None:
+def _check_arguments(
+    num_examples: int, split: str, long_context_fraction: float, unanswerable_fraction: float
+) -> None:
     if num_examples < 0:
         raise ValueError(f"num_examples must be >= 0, got {num_examples}")
     if not split:
         raise ValueError("split must be a non-empty string")
     if not 0.0 <= long_context_fraction <= 1.0:
         raise ValueError(f"long_context_fraction must be in [0, 1], got {long_context_fraction}")
+    if not 0.0 <= unanswerable_fraction <= 1.0:
+        raise ValueError(f"unanswerable_fraction must be in [0, 1], got {unanswerable_fraction}")
+
+
+UNANSWERABLE = "unanswerable"  # the annotated kind of a question without an answer
 
 
 def iter_annotated_examples(
-    num_examples: int, seed: int, split: str = "train", long_context_fraction: float = 0.1
+    num_examples: int,
+    seed: int,
+    split: str = "train",
+    long_context_fraction: float = 0.1,
+    unanswerable_fraction: float = 0.0,
 ) -> Iterator[tuple[dict, str]]:
-    """Yield (SQuAD record, answer kind) pairs; the kind (e.g. "person", "year") is for analysis.
+    """Yield (SQuAD record, answer kind) pairs; the kind (e.g. "person", "year", or
+    `UNANSWERABLE`) is for analysis.
 
     Output depends only on the arguments, and a smaller `num_examples` yields a prefix of a
     larger one.
     """
-    _check_arguments(num_examples, split, long_context_fraction)
+    _check_arguments(num_examples, split, long_context_fraction, unanswerable_fraction)
     rng = random.Random(f"qaexp-synthetic-{seed}-{split}")
+    no_answer_rng = random.Random(f"qaexp-synthetic-{seed}-{split}-unanswerable")
     index = 0
     while index < num_examples:
         paragraph = _build_paragraph(rng, rng.random() < long_context_fraction)
         for fact in _pick_facts(rng, paragraph, rng.randint(3, 5)):
             if index == num_examples:
                 return
-            yield _question_record(rng, paragraph, fact, split, f"syn-{split}-{index:06d}")
+            record, kind = _question_record(rng, paragraph, fact, split, f"syn-{split}-{index:06d}")
             index += 1
+            # No draw at all when the share is 0, so such output never changes.
+            if unanswerable_fraction and no_answer_rng.random() < unanswerable_fraction:
+                unanswerable = _unanswerable_record(no_answer_rng, paragraph, record)
+                if unanswerable is not None:
+                    record, kind = unanswerable, UNANSWERABLE
+            yield record, kind
 
 
 def iter_examples(
-    num_examples: int, seed: int, split: str = "train", long_context_fraction: float = 0.1
+    num_examples: int,
+    seed: int,
+    split: str = "train",
+    long_context_fraction: float = 0.1,
+    unanswerable_fraction: float = 0.0,
 ) -> Iterator[dict]:
     """Yield `num_examples` SQuAD-schema records (see `generate_examples`)."""
-    for record, _ in iter_annotated_examples(num_examples, seed, split, long_context_fraction):
+    for record, _ in iter_annotated_examples(
+        num_examples, seed, split, long_context_fraction, unanswerable_fraction
+    ):
         yield record
 
 
 def generate_examples(
-    num_examples: int, seed: int, split: str = "train", long_context_fraction: float = 0.1
+    num_examples: int,
+    seed: int,
+    split: str = "train",
+    long_context_fraction: float = 0.1,
+    unanswerable_fraction: float = 0.0,
 ) -> list[dict]:
     """Return `num_examples` SQuAD-schema records.
 
@@ -1481,5 +1590,13 @@ def generate_examples(
     "answer_start": [...]}}. The train split has one answer per question; other splits have
     1-3 gold variants (e.g. "1987" and "in 1987"), like the official dev set. About
     `long_context_fraction` of paragraphs run to 450-700 words; the rest to 60-140.
+
+    About `unanswerable_fraction` of the questions (SQuAD v2.0) ask about a fact type the
+    paragraph does not state about an entity, or about an entity it never mentions; their
+    answers are ``{"text": [], "answer_start": []}``. They take the place of answerable
+    questions: ids, titles, contexts and the other questions stay those of the same call
+    with no unanswerable share (the default, 0: output as before the option existed).
     """
-    return list(iter_examples(num_examples, seed, split, long_context_fraction))
+    return list(
+        iter_examples(num_examples, seed, split, long_context_fraction, unanswerable_fraction)
+    )
