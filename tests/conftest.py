@@ -134,6 +134,71 @@ def run_qaexp(
     )
 
 
+def run_cli(args: list[str], cwd: Path, module: str = "qaexp", env: dict | None = None):
+    """`python -m <module> args` run inside the test process, as torchtune's recipe tests do:
+    the real entry point with argv, working folder and environment patched, stdout/stderr
+    captured; returns a CompletedProcess like `run_qaexp`. No cold torch import per run, so
+    the end-to-end tier is fast; signals and multi-process launches keep `run_qaexp`."""
+    import contextlib
+    import io
+    import logging
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = (list(sys.argv), os.getcwd(), dict(os.environ), list(logging.root.handlers))
+    os.environ.update({"HF_HUB_DISABLE_PROGRESS_BARS": "1", **(env or {})})
+    os.environ.pop("WANDB_API_KEY", None)
+    sys.argv = [module, *args]
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = _call_main(module, args)
+    finally:
+        sys.argv, cwd_before, env_before, handlers = saved
+        os.chdir(cwd_before)
+        os.environ.clear()
+        os.environ.update(env_before)
+        _reset_process_state(handlers)
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
+def _call_main(module: str, args: list[str]) -> int:
+    """The module's main() with the exit code a process would have had."""
+    import importlib
+    import traceback
+
+    try:
+        if module == "qaexp":
+            from qaexp.__main__ import main
+
+            main()
+            return 0
+        return importlib.import_module(module).main(args) or 0
+    except SystemExit as exit:
+        return exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    except Exception:
+        traceback.print_exc()  # what an uncaught exception prints before exit code 1
+        return 1
+
+
+def _reset_process_state(root_handlers: list) -> None:
+    """Undo what one in-process run leaves in the process: Hydra's global state, the
+    Accelerate singletons, the logging handlers Hydra added, the cached run stamp."""
+    import logging
+
+    from accelerate.state import AcceleratorState
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    for handler in list(logging.root.handlers):
+        if handler not in root_handlers:
+            logging.root.removeHandler(handler)
+            handler.close()
+    from qaexp import launch
+
+    launch.agreed_run_stamp.cache_clear()
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

@@ -54,7 +54,7 @@ def test_eval_with_one_and_two_processes_is_identical(two_process_run, tmp_path)
     cwd, _ = two_process_run
     checkpoint = cwd / "run" / "checkpoint"
     evaluate = [
-        *[a for a in TINY_RUN if not a.startswith("model=")],
+        *TINY_RUN,
         "model=minilm",
         f"model.name_or_path={checkpoint}",
         "trainer.epochs=0",
@@ -157,7 +157,7 @@ def test_one_gpu_mixed_precision(tmp_path, precision):
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
     args = [*TINY_RUN, "hardware=gpu", f"hardware.mixed_precision={precision}", "hydra.run.dir=run"]
-    result = run_qaexp([a for a in args if a != "hardware=cpu"], cwd=tmp_path)
+    result = run_qaexp(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = assert_run_dir_contract(tmp_path / "run", epochs=[1, 2])
     assert summary["mixed_precision"] == precision
@@ -166,8 +166,7 @@ def test_one_gpu_mixed_precision(tmp_path, precision):
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_multi_gpu(tmp_path):
-    args = [a for a in TINY_RUN if a != "hardware=cpu"]
-    result = run_qaexp([*args, "hardware=multi_gpu", "hydra.run.dir=run"], cwd=tmp_path)
+    result = run_qaexp([*TINY_RUN, "hardware=multi_gpu", "hydra.run.dir=run"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = assert_run_dir_contract(tmp_path / "run", epochs=[1, 2])
     assert summary["num_processes"] == torch.cuda.device_count()

@@ -1,4 +1,5 @@
-"""End to end: real runs of `python -m qaexp` on CPU, checked through the run directory.
+"""End to end: real runs of `python -m qaexp` on CPU (in the test process: `run_cli`),
+checked through the run directory.
 
 Every run-directory check runs for both training engines (trainer.engine=accelerate and hf);
 evaluate-only and `python -m qaexp.predict` are checked against the checkpoints they write.
@@ -11,7 +12,7 @@ import json
 import pytest
 
 from qaexp.metrics import squad_metrics
-from tests.conftest import TINY_RUN, assert_run_dir_contract, read_jsonl, run_qaexp
+from tests.conftest import TINY_RUN, assert_run_dir_contract, read_jsonl, run_cli
 
 ENGINES = ["accelerate", "hf"]
 # A learning rate at which the tiny model learns within two epochs, so epochs differ and
@@ -27,7 +28,7 @@ def cached_runs(tmp_path_factory, args_for) -> callable:
     def run(engine: str):
         if engine not in runs:
             cwd = tmp_path_factory.mktemp(engine)
-            result = run_qaexp([*args_for(engine), "hydra.run.dir=run"], cwd=cwd)
+            result = run_cli([*args_for(engine), "hydra.run.dir=run"], cwd=cwd)
             assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
             runs[engine] = (cwd / "run", result)
         return runs[engine]
@@ -47,11 +48,11 @@ def engine_runs(tmp_path_factory):
 def evaluations(tmp_path_factory, engine_runs):
     """Evaluate-only runs of each engine's checkpoint on the same eval data, as a user checks
     a QA checkpoint: the default model group with model.name_or_path=PATH, trainer.epochs=0."""
-    same_data = [o for o in TINY_RUN if o != "model=tiny" and not o.startswith("trainer.")]
     return cached_runs(
         tmp_path_factory,
         lambda engine: [
-            *same_data,
+            *TINY_RUN,
+            "model=bert-base-cased",  # the default model group, pointed at the checkpoint
             f"model.name_or_path={engine_runs(engine)[0] / 'checkpoint'}",
             "trainer.epochs=0",
         ],
@@ -164,7 +165,7 @@ def test_predict_agrees_with_evaluation(engine_runs, evaluations, tmp_path):
             for r in tiny_eval_examples()
         )
     )
-    result = run_qaexp(
+    result = run_cli(
         [
             f"checkpoint={checkpoint}",
             f"input={questions}",
@@ -201,11 +202,9 @@ def test_minilm_learns_the_synthetic_task(tmp_path):
         "trainer.train_batch_size=16",
         "logger=none",
     ]
-    before = run_qaexp([*common, "trainer.epochs=0", "hydra.run.dir=before"], cwd=tmp_path)
+    before = run_cli([*common, "trainer.epochs=0", "hydra.run.dir=before"], cwd=tmp_path)
     assert before.returncode == 0, before.stderr[-3000:]
-    after = run_qaexp(
-        [*common, "trainer.epochs=2", "hydra.run.dir=after"], cwd=tmp_path, timeout=1500
-    )
+    after = run_cli([*common, "trainer.epochs=2", "hydra.run.dir=after"], cwd=tmp_path)
     assert after.returncode == 0, after.stderr[-3000:]
     untrained = read_jsonl(tmp_path / "before" / "metrics.jsonl")
     trained = read_jsonl(tmp_path / "after" / "metrics.jsonl")
