@@ -197,7 +197,8 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("qaexp.embedded_model"):
         OmegaConf.register_new_resolver("qaexp.embedded_model", embedded_model_path)
     if not OmegaConf.has_resolver("qaexp.run_stamp"):
-        OmegaConf.register_new_resolver("qaexp.run_stamp", _run_stamp)
+        # Cached in the config: every job, task and requeue of one launch reuses the value.
+        OmegaConf.register_new_resolver("qaexp.run_stamp", _run_stamp, use_cache=True)
 
 
 def _run_stamp() -> str:

@@ -388,6 +388,7 @@ def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | N
     progress = Progress(config=resolved_config(cfg))
     if state_dir is not None and cfg.trainer.epochs:
         progress = load_state(accelerator, state_dir, progress.config)
+        run_began -= progress.wall_seconds  # wall_seconds covers every segment of the run
     steps_per_epoch = math.ceil(len(train_loader) / accumulation) if train_loader else 0
 
     with (
@@ -409,7 +410,7 @@ def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | N
                     stop, run.trackers,
                 )  # fmt: skip
                 if not finished:
-                    save_state(accelerator, run_dir, progress)
+                    save_state(accelerator, run_dir, progress, run_began)
                     raise RunInterrupted(
                         f"Stopped by {stop.signal_name} in epoch {epoch} after "
                         f"{progress.batches_done} batches; the training state is saved in "
@@ -418,7 +419,7 @@ def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | N
                     )
             _finish_epoch(run, model, progress)
             if epoch and cfg.trainer.save_state:
-                save_state(accelerator, run_dir, progress)
+                save_state(accelerator, run_dir, progress, run_began)
     return run.summary
 
 

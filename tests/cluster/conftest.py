@@ -162,11 +162,10 @@ def slurm(tmp_path_factory) -> SlurmCluster:
     cluster = SlurmCluster(root=root, env=env, node=node)
     processes: list[subprocess.Popen] = []
     try:
-        processes.append(_start([
-            _find("munged"), "--foreground", "--force", f"--socket={munge_socket}",
-            f"--key-file={key}", f"--pid-file={root / 'munged.pid'}",
-            f"--log-file={root / 'munged.log'}", f"--seed-file={root / 'munged.seed'}",
-        ], env, root / "munged.out"))  # fmt: skip
+        munged = [_find("munged"), "--foreground", "--force", f"--socket={munge_socket}"]
+        munged += [f"--key-file={key}", f"--pid-file={root / 'munged.pid'}"]
+        munged += [f"--log-file={root / 'munged.log'}", f"--seed-file={root / 'munged.seed'}"]
+        processes.append(_start(munged, env, root / "munged.out"))
         time.sleep(1)
         processes.append(_start([_find("slurmctld"), "-D", "-i"], env, root / "slurmctld.out"))
         processes.append(_start([_find("slurmd"), "-D", "-N", node], env, root / "slurmd.out"))
