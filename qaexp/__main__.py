@@ -83,8 +83,9 @@ def report_interrupted(err: RunInterrupted) -> None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         log.warning(
-            "Resume the sweep by running its command again with hydra.sweep.dir=%s "
-            "trainer.resume=true (finished jobs keep their results).",
+            "A job that SLURM requeued resumes by itself; otherwise resume the sweep by "
+            "running its command again with hydra.sweep.dir=%s trainer.resume=true "
+            "(finished jobs keep their results).",
             hydra_cfg.sweep.dir,
         )
         return
