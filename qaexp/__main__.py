@@ -31,7 +31,8 @@ def run_stamp() -> str:
 def register_resolvers() -> None:
     register_configs()
     if not OmegaConf.has_resolver("qaexp.run_stamp"):
-        OmegaConf.register_new_resolver("qaexp.run_stamp", run_stamp)
+        # Cached in the config: every job, task and requeue of one launch reuses the value.
+        OmegaConf.register_new_resolver("qaexp.run_stamp", run_stamp, use_cache=True)
 
 
 register_resolvers()
@@ -88,21 +89,38 @@ def discard_unfinished_run_dir(run_dir: Path) -> None:
         shutil.rmtree(run_dir)
 
 
+def report_interrupted(err: RunInterrupted) -> None:
+    """Say what happens next for a run stopped by a signal with its state saved: a SLURM job
+    stopped by SIGUSR2 is requeued and resumes by itself; anything else gets the command that
+    continues it (for a sweep job: the sweep command again, in the same sweep folder)."""
+    from qaexp.launch import requeue_after_stop
+
+    log.warning("%s", err)
+    if requeue_after_stop(err.exit_code - 128):
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        log.warning(
+            "A job that SLURM requeued resumes by itself; otherwise resume the sweep by "
+            "running its command again with hydra.sweep.dir=%s trainer.resume=true "
+            "(finished jobs keep their results).",
+            hydra_cfg.sweep.dir,
+        )
+        return
+    overrides = " ".join(o for o in hydra_cfg.overrides.task if not o.startswith("trainer.resume"))
+    log.warning(
+        "Resume with: python -m qaexp %s hydra.run.dir=%s trainer.resume=true",
+        overrides,
+        hydra_cfg.runtime.output_dir,
+    )
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     try:
         return run(cfg)
     except RunInterrupted as err:
-        hydra_cfg = HydraConfig.get()
-        overrides = " ".join(
-            o for o in hydra_cfg.overrides.task if not o.startswith("trainer.resume")
-        )
-        log.warning(
-            "%s Resume with: python -m qaexp %s hydra.run.dir=%s trainer.resume=true",
-            err,
-            overrides,
-            hydra_cfg.runtime.output_dir,
-        )
+        report_interrupted(err)
         sys.exit(err.exit_code)
     except QAExpError as err:
         log.error("%s", err)
@@ -121,14 +139,11 @@ def hydra_main(cfg: DictConfig) -> float:
 def main() -> None:
     """Console entry. Under an external launch (torchrun, srun) every rank runs Hydra; ranks
     other than 0 write no Hydra files or logs into the shared run directory."""
+    from hydra_plugins.qaexp_launcher import OTHER_RANK_OVERRIDES
     from qaexp.launch import external_rank, external_world_size
 
     if external_world_size() > 1 and external_rank() != 0:
-        sys.argv += [
-            "hydra.output_subdir=null",
-            "hydra.job_logging.root.handlers=[console]",
-            "hydra.job_logging.root.level=WARNING",
-        ]
+        sys.argv += OTHER_RANK_OVERRIDES
     hydra_main()
 
 

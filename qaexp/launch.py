@@ -16,7 +16,9 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from functools import cache
+import random
+import signal
+import subprocess
 from pathlib import Path
 
 import torch
@@ -50,22 +52,35 @@ def external_rank() -> int:
 
 
 def export_slurm_env() -> None:
-    """Under srun (e.g. the submitit SLURM launcher with one task per GPU) set the env://
-    variables torch.distributed reads, from SLURM's own."""
+    """Under srun (plain, or the submitit launcher's tasks) set the env:// variables
+    torch.distributed reads from SLURM's own: rank 0 hosts the store on the job's first node,
+    on a port derived from the job and step ids (the same in every task)."""
     if "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
         return
-    from submitit.helpers import TorchDistributedEnvironment
+    from submitit.slurm.slurm import SlurmJobEnvironment  # parses SLURM's node lists
 
-    TorchDistributedEnvironment().export()
+    job = SlurmJobEnvironment()
+    step = os.environ.get("SLURM_STEP_ID", "0")
+    port = random.Random(f"{job.job_id}.{step}").randint(20_000, 60_000)
+    os.environ["MASTER_ADDR"] = job.hostnames[0]
+    os.environ.setdefault("MASTER_PORT", str(port))
+    os.environ["RANK"] = str(job.global_rank)
+    os.environ["WORLD_SIZE"] = str(job.num_tasks)
+    os.environ["LOCAL_RANK"] = str(job.local_rank)
+    os.environ["LOCAL_WORLD_SIZE"] = str(job.num_tasks // job.num_nodes)
 
 
-@cache
 def agreed_run_stamp() -> str:
-    """A DATE/TIME stamp for the run directory, the same on every rank of one launch.
+    """The run directory's name below outputs/runs (or outputs/multirun), the same on every
+    rank and every restart of one launch. Hydra calls it once per launch and caches it in the
+    config (the resolver is registered with use_cache=True), so the jobs of a sweep, submitit's
+    job processes and requeued jobs all reuse the launcher's value.
 
-    Under torchrun/accelerate launch the ranks agree through the elastic agent's store (the
-    first rank to ask sets it); under SLURM the job and step ids name the run. A process
-    started on its own uses its own clock.
+    - torchrun / accelerate launch: the first rank to ask sets it in the elastic agent's store,
+      which outlives worker restarts (--max-restarts), so restarted workers find it again;
+    - several SLURM tasks (srun): `slurm-JOBID-STEPID`, without a date, so a requeue (the same
+      ids, maybe after midnight) lands in the same folder;
+    - otherwise DATE/TIME from this process's clock.
     """
     now = datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     if external_world_size() == 1:
@@ -77,13 +92,35 @@ def agreed_run_stamp() -> str:
             is_master=False,
             timeout=datetime.timedelta(seconds=60),
         )
-        key = f"qaexp/run_stamp/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-        return store.compare_set(key, "", now).decode()
+        return store.compare_set("qaexp/run_stamp", "", now).decode()
     if "SLURM_JOB_ID" in os.environ:
-        return (
-            f"{now[:10]}/slurm-{os.environ['SLURM_JOB_ID']}-{os.environ.get('SLURM_STEP_ID', '0')}"
-        )
+        return f"slurm-{os.environ['SLURM_JOB_ID']}-{os.environ.get('SLURM_STEP_ID', '0')}"
     return now
+
+
+def requeue_after_stop(signum: int) -> bool:
+    """After SIGUSR2 (what SLURM sends, when asked with --signal=USR2@SECONDS as submitit does,
+    before a time limit or a preemption) stopped a run with its state saved: put the SLURM job
+    back in the queue, where it resumes from that state. Returns True when requeued.
+
+    Rank 0 asks; SLURM then stops every task. Under the submitit launcher its own handler
+    does it (it counts timeouts against hydra.launcher.max_num_timeout and exits); otherwise
+    `scontrol requeue`. Any other signal (SIGTERM: scancel, or a preemption that SLURM
+    requeues itself) only stops the run.
+    """
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if signum != signal.SIGUSR2 or job_id is None:
+        return False
+    if external_rank() != 0:
+        return True
+    log.warning("Requeueing SLURM job %s: it resumes from the saved state", job_id)
+    submitit_handler = signal.getsignal(signal.SIGUSR2)
+    if callable(submitit_handler):
+        submitit_handler(signal.SIGUSR2, None)  # checkpoints, requeues, exits
+    requeued = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if requeued.returncode != 0:
+        log.warning("scontrol requeue %s failed: %s", job_id, requeued.stderr.strip())
+    return requeued.returncode == 0
 
 
 def quiet_other_ranks(rank: int) -> None:

@@ -182,7 +182,7 @@ def _call_main(module: str, args: list[str]) -> int:
 
 def _reset_process_state(root_handlers: list) -> None:
     """Undo what one in-process run leaves in the process: Hydra's global state, the
-    Accelerate singletons, the logging handlers Hydra added, the cached run stamp."""
+    Accelerate singletons, the logging handlers Hydra added."""
     import logging
 
     from accelerate.state import AcceleratorState
@@ -194,9 +194,6 @@ def _reset_process_state(root_handlers: list) -> None:
         if handler not in root_handlers:
             logging.root.removeHandler(handler)
             handler.close()
-    from qaexp import launch
-
-    launch.agreed_run_stamp.cache_clear()
 
 
 def read_jsonl(path: Path) -> list[dict]:

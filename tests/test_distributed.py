@@ -4,11 +4,16 @@ sweeps, and distributed evaluation that matches one process exactly."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from tests.conftest import TINY_RUN, assert_run_dir_contract, run_qaexp
+from tests.conftest import REPO, SINGLE_RUN, TINY_RUN, assert_run_dir_contract, run_qaexp
 
 TWO_CPU_WORKERS = ["hardware=cpu", "hardware.num_processes=2"]
 
@@ -191,3 +196,86 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
         assert_run_dir_contract(tmp_path / "sweep" / job, epochs=[1])
     failed = json.loads((tmp_path / "sweep" / "1" / "summary.json").read_text())
     assert failed["status"] == "failed" and "stride=400" in failed["error"]
+
+
+def test_run_stamp_is_cached_per_config_not_per_process(monkeypatch):
+    """The stamp resolver runs once per launch config (copies and pickles of it, which is what
+    sweep jobs, submitit and requeues get, reuse the value) and never leaks into another
+    config composed in the same process."""
+    import copy
+    import pickle
+
+    from omegaconf import OmegaConf
+
+    import qaexp.launch
+    from qaexp.config import register_configs
+
+    register_configs()
+    stamps = iter(["stamp-1", "stamp-2"])
+    monkeypatch.setattr(qaexp.launch, "agreed_run_stamp", lambda: next(stamps))
+    first = OmegaConf.create({"run": "runs/${qaexp.run_stamp:}", "sweep": "m/${qaexp.run_stamp:}"})
+    assert (first.run, first.sweep) == ("runs/stamp-1", "m/stamp-1")
+    assert copy.deepcopy(first).run == pickle.loads(pickle.dumps(first)).run == "runs/stamp-1"
+    second = OmegaConf.create({"run": "runs/${qaexp.run_stamp:}"})
+    assert second.run == "runs/stamp-2"
+
+
+def torchrun(args: list[str], cwd, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", *args],
+        cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_torchrun_agents_share_one_default_run_dir(tmp_path):
+    """Two agents as two nodes on 127.0.0.1 (c10d rendezvous), default folders."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    agent = [
+        "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=qaexp-test", "-m", "qaexp",
+        *SINGLE_RUN, "hardware=cpu",
+    ]  # fmt: skip
+    agents = [torchrun(agent, tmp_path) for _ in range(2)]
+    errors = [a.communicate(timeout=600)[1] for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+    run_dirs = [p for p in (tmp_path / "outputs" / "runs").glob("*/*") if p.is_dir()]
+    assert len(run_dirs) == 1
+    assert assert_run_dir_contract(run_dirs[0], epochs=[1])["num_processes"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="the restarted workers find the same run dir (one folder, the log continues), but "
+    "their gloo process group failed to connect (connectFullMesh: connection refused) in the "
+    "one trial so far; not yet diagnosed",
+    strict=False,
+)
+def test_torchrun_restart_resumes_in_the_same_run_dir(tmp_path):
+    """--max-restarts=1 and a worker killed after epoch 1: the restarted workers find the
+    same run dir and resume from the state saved there."""
+    import psutil
+
+    args = [
+        "--standalone", "--nproc_per_node=2", "--max-restarts=1", "--monitor-interval=0.5",
+        "-m", "qaexp", *TINY_RUN, "trainer.epochs=3", "data.synthetic.train_size=200",
+        "trainer.train_batch_size=8",
+    ]  # fmt: skip
+    agent = torchrun(args, tmp_path)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("outputs/runs/*/*/state/progress.json")):
+        assert agent.poll() is None and time.monotonic() < deadline, agent.stderr.read()[-3000:]
+        time.sleep(0.2)
+    workers = [
+        p for p in psutil.Process(agent.pid).children(recursive=True) if "qaexp" in p.cmdline()
+    ]
+    assert len(workers) == 2
+    workers[-1].kill()
+    _, stderr = agent.communicate(timeout=600)
+    assert agent.returncode == 0, stderr[-3000:]
+    (run_dir,) = [p for p in (tmp_path / "outputs" / "runs").glob("*/*") if p.is_dir()]
+    assert "Resuming from" in (run_dir / "qaexp.log").read_text()
+    assert_run_dir_contract(run_dir, epochs=[1, 2, 3])

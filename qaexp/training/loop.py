@@ -240,6 +240,7 @@ def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | N
     progress = Progress(config=as_dict(cfg))
     if state_dir is not None and cfg.trainer.epochs:
         progress = load_state(accelerator, state_dir, progress.config)
+        began -= progress.wall_seconds  # wall_seconds covers every segment of the run
     batches = len(engine.train_loader) if engine.train_loader else 0
     accumulation = cfg.trainer.gradient_accumulation_steps
     with (
@@ -261,17 +262,23 @@ def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | N
         for epoch in epochs:  # trainer.epochs=0 evaluates the model as loaded (epoch 0)
             progress.epoch = epoch
             if epoch:
-                train_epoch(engine, run, progress, stop, run_dir)
+                train_epoch(engine, run, progress, stop, run_dir, began)
             finish_epoch(run, engine.model, progress)
             if epoch and cfg.trainer.save_state:
-                save_state(accelerator, run_dir, progress)
+                save_state(accelerator, run_dir, progress, began)
     return run.summary
 
 
 def train_epoch(
-    engine: Engine, run: RecordedRun, progress: Progress, stop: GracefulStop, run_dir: Path
+    engine: Engine,
+    run: RecordedRun,
+    progress: Progress,
+    stop: GracefulStop,
+    run_dir: Path,
+    began: float,
 ) -> None:
-    """Train `progress.epoch`; on a stop request save the state and raise RunInterrupted."""
+    """Train `progress.epoch`; on a stop request save the state and raise RunInterrupted.
+    `began`: when the run began (earlier segments of a resumed run included)."""
     cfg = run.cfg
     engine.order.manual_seed(cfg.seed * 1_000 + progress.epoch)  # the same order on resume
     runner = EpochRunner(
@@ -286,7 +293,7 @@ def train_epoch(
     )
     if runner.run(progress):
         return
-    save_state(run.accelerator, run_dir, progress)
+    save_state(run.accelerator, run_dir, progress, began)
     raise RunInterrupted(
         f"Stopped by {stop.signal_name or 'a stop request'} in epoch {progress.epoch} after "
         f"{progress.batches_done} batches; the training state is saved in "

@@ -1,5 +1,7 @@
-"""Graceful stops: SIGTERM (a preempted SLURM job, `kill`) or Ctrl-C asks the training loop
-to stop at the next optimizer step, save its state, and say how to resume."""
+"""Graceful stops: SIGTERM (`kill`, scancel, a SLURM preemption), SIGUSR2 (SLURM's warning
+before a time limit or a preemption, as submitit asks for it) or Ctrl-C asks the training loop
+to stop at the next optimizer step and save its state; the entry point then says how to
+resume, or (SIGUSR2 under SLURM) requeues the job."""
 
 from __future__ import annotations
 
@@ -10,12 +12,13 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
 
 class GracefulStop:
-    """Context manager: while active, the first SIGTERM/SIGINT sets `requested` instead of
-    killing the process; a second Ctrl-C interrupts at once."""
+    """Context manager: while active, the first SIGTERM/SIGUSR2/SIGINT sets `requested`
+    instead of killing the process; a second Ctrl-C interrupts at once. The handlers that were
+    there before (e.g. submitit's requeue handler) are put back on exit."""
 
     def __init__(self) -> None:
         self.signal_name: str | None = None

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class Progress:
     tokens: int = 0  # real tokens trained this epoch (all processes)
     seconds: float = 0.0  # training seconds this epoch
     skipped_steps: int = 0  # batches skipped for a non-finite loss
+    wall_seconds: float = 0.0  # wall time of the run so far (all segments of a resumed run)
     history: list[dict] = field(default_factory=list)  # metrics.jsonl records so far
     config: dict = field(default_factory=dict)
 
@@ -69,8 +71,12 @@ class Progress:
         self.loss_sum = self.seconds = 0.0
 
 
-def save_state(accelerator: Accelerator, run_dir: Path, progress: Progress) -> Path:
-    """Save the full training state into run_dir/state (all processes must call this)."""
+def save_state(
+    accelerator: Accelerator, run_dir: Path, progress: Progress, run_began: float
+) -> Path:
+    """Save the full training state into run_dir/state (all processes must call this).
+    `run_began`: when the run began, earlier segments of a resumed run included."""
+    progress.wall_seconds = time.time() - run_began
     target = Path(run_dir) / STATE_DIR
     staged = Path(run_dir) / f".{STATE_DIR}.tmp"
     if accelerator.is_main_process and staged.exists():
@@ -91,7 +97,8 @@ def find_state(run_dir: Path, resume: bool, resume_from: str | None) -> Path | N
     trainer.resume_from=PATH names a state folder or a run directory holding one;
     trainer.resume=true continues this run directory's own state when there is one (so a
     requeued job with nothing saved yet simply starts). A SLURM requeue
-    (SLURM_RESTART_COUNT > 0) resumes as if trainer.resume=true.
+    (SLURM_RESTART_COUNT > 0) or a torchrun restart (TORCHELASTIC_RESTART_COUNT > 0) resumes
+    as if trainer.resume=true.
     """
     if resume_from:
         path = Path(resume_from).expanduser()
@@ -103,7 +110,10 @@ def find_state(run_dir: Path, resume: bool, resume_from: str | None) -> Path | N
             f"{path / PROGRESS_FILE} and {path / STATE_DIR / PROGRESS_FILE}). Point it at a run "
             "directory of an interrupted run, or at its state/ folder."
         )
-    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+    requeued = any(
+        int(os.environ.get(count, "0")) > 0
+        for count in ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT")
+    )
     own = Path(run_dir) / STATE_DIR
     if (resume or requeued) and (own / PROGRESS_FILE).is_file():
         return own
