@@ -25,12 +25,20 @@ def _listening_ports(process) -> set[tuple[str, int]]:
     }
 
 
-def _own_processes(me, basetemp: Path) -> list:
-    """Processes of this test session: children of pytest, and processes whose working folder
-    lies under pytest's temporary folder (workers re-parented after their launcher exited)."""
+# Set by run_qaexp: the running test started a `python -m ...` subprocess, whose own workers
+# may outlive it re-parented, so the guard also scans the host for them.
+STARTED_SUBPROCESS = [False]
+
+
+def _own_processes(me, basetemp: Path, scan_host: bool) -> list:
+    """Processes of this test session: children of pytest and, with `scan_host`, processes
+    whose working folder lies under pytest's temporary folder (workers re-parented after
+    their launcher exited)."""
     import psutil
 
     found = {p.pid: p for p in me.children(recursive=True)}
+    if not scan_host:
+        return list(found.values())
     for proc in psutil.process_iter(["pid", "cwd"]):
         cwd = proc.info.get("cwd")
         if cwd and proc.pid != me.pid and Path(cwd).is_relative_to(basetemp):
@@ -39,22 +47,25 @@ def _own_processes(me, basetemp: Path) -> list:
 
 
 @pytest.fixture(autouse=True)
-def no_process_or_port_left_behind(tmp_path_factory):
+def no_process_or_port_left_behind(tmp_path_factory, request):
     """Every test ends with no process it started still running and no port it opened still
     listening. Processes get 15 s to finish exiting; any still alive then are killed (so they
-    cannot disturb later tests) and the test errors, naming their command lines."""
+    cannot disturb later tests) and the test errors, naming their command lines. Tests that
+    start processes (run_qaexp, or marked `processes`) also get the host-wide scan for
+    re-parented workers; the others only the cheap check of pytest's own children."""
     import psutil
 
     me = psutil.Process()
     basetemp = tmp_path_factory.getbasetemp().resolve()
-    before = {p.pid for p in _own_processes(me, basetemp)}
+    STARTED_SUBPROCESS[0] = bool(request.node.get_closest_marker("processes"))
+    before = {p.pid for p in _own_processes(me, basetemp, STARTED_SUBPROCESS[0])}
     ports_before = _listening_ports(me)
     yield
     if "wandb" in sys.modules:
         # A test that ran wandb in this process started wandb's service process; stop it the
         # way wandb's API does (it also drops WANDB_SERVICE, which subprocesses would inherit).
         sys.modules["wandb"].teardown()
-    new = [p for p in _own_processes(me, basetemp) if p.pid not in before]
+    new = [p for p in _own_processes(me, basetemp, STARTED_SUBPROCESS[0]) if p.pid not in before]
     _, alive = psutil.wait_procs(new, timeout=15)
     described = []
     for proc in alive:
@@ -116,6 +127,7 @@ def run_qaexp(
     args: list[str], cwd: Path, timeout: int = 600, module: str = "qaexp", env: dict | None = None
 ):
     """Run `python -m <module> args` in a subprocess; returns the CompletedProcess."""
+    STARTED_SUBPROCESS[0] = True
     env = {
         **os.environ,
         # The checkout first; keep the caller's entries (packages installed with --target).
@@ -149,6 +161,7 @@ def run_cli(args: list[str], cwd: Path, module: str = "qaexp", env: dict | None 
     os.environ.pop("WANDB_API_KEY", None)
     sys.argv = [module, *args]
     os.chdir(cwd)
+    logging.root.handlers = []  # the entry point's logging setup applies, as in a process
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = _call_main(module, args)
@@ -192,8 +205,8 @@ def _reset_process_state(root_handlers: list) -> None:
     AcceleratorState._reset_state(reset_partial_state=True)
     for handler in list(logging.root.handlers):
         if handler not in root_handlers:
-            logging.root.removeHandler(handler)
             handler.close()
+    logging.root.handlers = root_handlers
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from qaexp.errors import QAExpError
-from tests.conftest import TINY_RUN, compose, run_qaexp
+from tests.conftest import TINY_RUN, compose, run_cli, run_qaexp
 
 
 def settings(overrides: list[str]):
@@ -179,7 +179,7 @@ def test_malformed_squad_json_names_the_place(tmp_path, content, expected):
     ],
 )
 def test_cli_bad_input_exits_2_and_leaves_no_run_dir(tmp_path, args, message):
-    result = run_qaexp([*TINY_RUN, *args], cwd=tmp_path)
+    result = run_cli([*TINY_RUN, *args], cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr
     assert "Traceback" not in result.stderr

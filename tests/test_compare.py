@@ -12,7 +12,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from qaexp.compare import SweepComparison, load_runs, main
-from tests.conftest import run_qaexp
+from tests.conftest import run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -147,7 +147,7 @@ def test_missing_folder_and_folder_without_runs_fail_clearly(tmp_path, caplog):
 
 
 def test_command_line_entry_point(sweep):
-    result = run_qaexp([str(sweep)], cwd=sweep.parent, timeout=120, module="qaexp.compare")
+    result = run_cli([str(sweep)], cwd=sweep.parent, module="qaexp.compare")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[2].startswith("| 2 ")
     assert "Wrote comparison.csv" in result.stderr

@@ -15,6 +15,8 @@ import torch
 
 from tests.conftest import REPO, SINGLE_RUN, TINY_RUN, assert_run_dir_contract, run_qaexp
 
+pytestmark = pytest.mark.processes  # starts processes: the leak guard scans the host
+
 TWO_CPU_WORKERS = ["hardware=cpu", "hardware.num_processes=2"]
 
 

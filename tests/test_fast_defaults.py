@@ -13,7 +13,7 @@ from qaexp.checks import validate_settings
 from qaexp.config import Device, HardwareConfig, MixedPrecision, TrainerConfig
 from qaexp.errors import QAExpError
 from qaexp.training.runtime import compile_plugin, dataloader_workers, make_accelerator
-from tests.conftest import TINY_RUN, compose, read_jsonl, run_qaexp
+from tests.conftest import TINY_RUN, compose, read_jsonl, run_cli
 
 
 def test_compile_keys_compose_typed():
@@ -117,7 +117,7 @@ def test_compiled_run_trains_and_saves_a_plain_checkpoint(tmp_path):
         "trainer.compile_backend=eager",
         "hydra.run.dir=run",
     ]
-    result = run_qaexp(args, cwd=tmp_path)
+    result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "torch.compile: backend eager" in (tmp_path / "run" / "qaexp.log").read_text()
     assert [e["epoch"] for e in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]

@@ -22,6 +22,8 @@ from qaexp.config import embedded_model_path
 from qaexp.data import load_squad_json
 from qaexp.features import build_features, tokenizer_fingerprint
 
+pytestmark = pytest.mark.processes  # starts processes: the leak guard scans the host
+
 path, cache_dir = sys.argv[1], sys.argv[2]
 tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
 examples = load_squad_json(path, "data.train_file", cache_dir)

@@ -61,3 +61,31 @@ def test_a_port_left_listening_is_an_error(pytester):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*port left listening: 127.0.0.1:*"])
+
+
+def test_a_reparented_worker_is_found_in_tests_that_start_processes(pytester):
+    """A worker whose launcher already exited is no child of pytest any more: tests marked
+    `processes` (and those using run_qaexp) scan the host for processes in their folders."""
+    pytester.makeconftest(CONFTEST)
+    pidfile = pytester.path / "pid.txt"
+    pytester.makepyfile(
+        f"""
+        import subprocess, sys, time
+        import pytest
+
+        LAUNCHER = (
+            "import subprocess, sys; "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+            "open({str(pidfile)!r}, 'w').write(str(p.pid))"
+        )
+
+        @pytest.mark.processes
+        def test_leaks_a_grandchild(tmp_path):
+            subprocess.run([sys.executable, "-c", LAUNCHER], cwd=tmp_path, check=True)
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*process left running (pid *time.sleep(120)*"])
+    pid = int(pidfile.read_text())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

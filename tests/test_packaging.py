@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.processes  # starts processes: the leak guard scans the host
+
 
 @pytest.mark.slow
 def test_non_editable_install_runs_from_another_folder(tmp_path):

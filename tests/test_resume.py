@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import REPO, TINY_RUN, assert_run_dir_contract, read_jsonl, run_qaexp
 
+pytestmark = pytest.mark.processes  # starts processes: the leak guard scans the host
+
 RESUME_RUN = [
     *TINY_RUN,
     "trainer.epochs=3",

@@ -18,7 +18,7 @@ from qaexp.config import HubConfig
 from qaexp.errors import QAExpError
 from qaexp.tracking.share import check_push_settings, model_card, share_run
 from qaexp.training import train
-from tests.conftest import TINY_RUN, compose, read_jsonl, run_qaexp
+from tests.conftest import TINY_RUN, compose, read_jsonl, run_cli
 
 REPO_ID = "someone/tiny-qa"
 EVALUATE_TINY = [o for o in TINY_RUN if not o.startswith("trainer.epochs")] + ["trainer.epochs=0"]
@@ -96,10 +96,9 @@ def test_no_push_needs_nothing(monkeypatch):
 def test_cli_without_token_exits_2_before_training(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored token either
-    result = run_qaexp(
+    result = run_cli(
         [*TINY_RUN, "hub.push=true", f"hub.repo_id={REPO_ID}", "hydra.run.dir=run"],
         cwd=tmp_path,
-        timeout=300,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]

@@ -20,7 +20,7 @@ from tests.conftest import (
     SMALL_RUN,
     compose,
     read_jsonl,
-    run_qaexp,
+    run_cli,
     small_config,
 )
 from tests.wandb_records import read_offline_run
@@ -170,7 +170,7 @@ def sweep(tmp_path_factory):
         "stride=32,48",
         "hydra.sweep.dir=multirun/grid",
     ]
-    result = run_qaexp(args, cwd=cwd)
+    result = run_cli(args, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     return cwd / "multirun" / "grid", result
 
@@ -313,7 +313,7 @@ def test_optuna_search_runs_three_trials(tmp_path):
         "stride=32",
         "hydra.sweep.dir=search",
     ]
-    result = run_qaexp(args, cwd=tmp_path)
+    result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     search = tmp_path / "search"
     jobs = job_dirs(search)

@@ -22,7 +22,7 @@ from tests.conftest import (
 )
 from tests.test_resume import RESUME_RUN, comparable, weights
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.processes]
 
 
 def cluster_env(slurm) -> dict:
