@@ -3,8 +3,8 @@
 Reads what runs wrote (metrics.jsonl, summary.json, .hydra/overrides.yaml) from a --multirun
 folder or from several run folders, prints a table sorted by best F1 (with the overrides that
 differ between the runs) and writes comparison.csv, comparison.md and comparison.png. A
---multirun writes its comparison into its sweep folder when it ends (`SweepComparison`, a
-Hydra callback registered in conf/config.yaml).
+--multirun keeps its comparison current in its sweep folder, refreshed as each job ends
+(`SweepComparison`, a Hydra callback registered in conf/config.yaml).
 """
 
 from __future__ import annotations
@@ -16,13 +16,21 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: comparisons written by concurrent jobs are not serialised
+    fcntl = None
 
 from qaexp.errors import QAExpError
 from qaexp.rundir import METRICS_FILE, SUMMARY_FILE, read_metrics
@@ -31,6 +39,7 @@ log = logging.getLogger(__name__)
 
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 OUTPUT_FILES = ("comparison.csv", "comparison.md", "comparison.png")
+LOCK_FILE = ".comparison.lock"
 RESULT_COLUMNS = (
     "status", "best F1", "best EM", "final F1", "final EM", "best epoch", "train s", "features/s",
 )  # fmt: skip
@@ -282,20 +291,45 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@contextmanager
+def comparison_lock(out_dir: Path) -> Iterator[None]:
+    """Serialise comparisons written into one folder: jobs that end together each refresh
+    it, and the last to take the lock reads every result written before it (POSIX flock)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOCK_FILE, "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def refresh_comparison(sweep_dir: Path) -> str | None:
+    """Rewrite the sweep folder's comparison from what its jobs have written so far; return
+    the table. Never fails (the jobs' results are safe already): warns and returns None."""
+    try:
+        with comparison_lock(sweep_dir):
+            return write_comparison(load_runs([sweep_dir]), sweep_dir)
+    except Exception as err:
+        log.warning(
+            "Could not write the comparison into %s (%s); run `python -m qaexp.compare %s`.",
+            sweep_dir, err, sweep_dir,
+        )  # fmt: skip
+        return None
+
+
 class SweepComparison(Callback):
-    """When a --multirun ends, write the comparison of its jobs into the sweep folder."""
+    """Keeps comparison.{md,csv,png} of a --multirun current in its sweep folder: refreshed
+    when each job ends (completed, failed or stopped; Hydra skips the end-of-sweep hook when
+    a job fails) and once more, printed, when the sweep ends."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        if OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN:
+            refresh_comparison(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            table = write_comparison(load_runs([sweep_dir]), sweep_dir)
-        except Exception as err:  # the jobs' results are safe already: never fail the sweep
-            log.warning(
-                "Could not write the comparison into %s (%s); run `python -m qaexp.compare %s`.",
-                sweep_dir, err, sweep_dir,
-            )  # fmt: skip
-            return
-        log.info("Comparison (also in %s/comparison.md):\n%s", sweep_dir, table)
+        table = refresh_comparison(sweep_dir)
+        if table is not None:
+            log.info("Comparison (also in %s/comparison.md):\n%s", sweep_dir, table)
 
 
 if __name__ == "__main__":
