@@ -139,7 +139,7 @@ def hydra_main(cfg: DictConfig) -> float:
 def main() -> None:
     """Console entry. Under an external launch (torchrun, srun) every rank runs Hydra; ranks
     other than 0 write no Hydra files or logs into the shared run directory."""
-    from hydra_plugins.qaexp_launcher import OTHER_RANK_OVERRIDES
+    from hydra_plugins.qaexp_launcher.slurm import OTHER_RANK_OVERRIDES
     from qaexp.launch import external_rank, external_world_size
 
     if external_world_size() > 1 and external_rank() != 0:

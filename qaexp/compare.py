@@ -3,8 +3,8 @@
 Reads what runs wrote (metrics.jsonl, summary.json, .hydra/overrides.yaml) from a --multirun
 folder or from several run folders, prints a table sorted by best F1 (with the overrides that
 differ between the runs) and writes comparison.csv, comparison.md and comparison.png. A
---multirun writes its comparison into its sweep folder when it ends (`SweepComparison`, a
-Hydra callback registered in conf/config.yaml).
+--multirun keeps its comparison current in its sweep folder, refreshed as each job ends
+(`SweepComparison`, a Hydra callback registered in conf/config.yaml).
 """
 
 from __future__ import annotations
@@ -12,25 +12,44 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: comparisons written by concurrent jobs are not serialised
+    fcntl = None
+
+from qaexp.compare_plot import plot_comparison
+from qaexp.compare_runs import (
+    METRICS,
+    RunGroup,
+    RunResult,
+    differing_keys,
+    group_replicates,
+    has_replicates,
+    load_runs,
+    rank,
+    short_value,
+)
+from qaexp.compare_stats import ALPHA, welch_test
 from qaexp.errors import QAExpError
-from qaexp.tracking.rundir import METRICS_FILE, SUMMARY_FILE, read_metrics
 
-log = logging.getLogger(__name__)
+__all__ = ["SweepComparison", "load_runs", "main", "refresh_comparison", "write_comparison"]
 
-OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+log = logging.getLogger("qaexp.compare")
+
 OUTPUT_FILES = ("comparison.csv", "comparison.md", "comparison.png")
+LOCK_FILE = ".comparison.lock"
 RESULT_COLUMNS = (
     "status",
     "best F1",
@@ -41,142 +60,6 @@ RESULT_COLUMNS = (
     "train s",
     "windows/s",
 )
-
-
-@dataclass
-class RunResult:
-    """One run as the comparison sees it; the numbers come from its metrics.jsonl."""
-
-    label: str
-    overrides: dict[str, str]
-    status: str  # summary.json's status; "failed" when the run wrote no summary
-    epochs: list[dict]
-
-    @property
-    def completed(self) -> bool:
-        return self.status == "completed"
-
-    @property
-    def best(self) -> dict | None:
-        return max(self.epochs, key=lambda e: e["f1"], default=None)
-
-    @property
-    def final(self) -> dict | None:
-        return self.epochs[-1] if self.epochs else None
-
-    @property
-    def train_seconds(self) -> float:
-        return sum(e.get("train_seconds") or 0.0 for e in self.epochs)
-
-    @property
-    def windows_per_second(self) -> float | None:
-        """Training windows per second over all epochs (each epoch weighted by its time)."""
-        windows = sum(
-            (e.get("train_windows_per_second") or 0.0) * (e.get("train_seconds") or 0.0)
-            for e in self.epochs
-        )
-        return windows / self.train_seconds if self.train_seconds else None
-
-    def results(self) -> dict[str, Any]:
-        best, final = self.best or {}, self.final or {}
-        return {
-            "status": self.status,
-            "best F1": best.get("f1"),
-            "best EM": best.get("exact_match"),
-            "final F1": final.get("f1"),
-            "final EM": final.get("exact_match"),
-            "best epoch": best.get("epoch"),
-            "train s": self.train_seconds if self.epochs else None,
-            "windows/s": self.windows_per_second,
-        }
-
-
-# --- reading run folders ---------------------------------------------------------------
-
-
-def is_run_dir(path: Path) -> bool:
-    return any((path / name).is_file() for name in (OVERRIDES_FILE, METRICS_FILE, SUMMARY_FILE))
-
-
-def _folder_order(path: Path) -> tuple:
-    """Job folders 0, 1, ..., 10 in numeric order, other names after them."""
-    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
-
-
-def find_run_dirs(paths: list[Path]) -> list[tuple[Path, str]]:
-    """(run folder, label) for each path that is a run folder, and for each run folder
-    directly inside a path that is not (a --multirun folder holds 0/, 1/, ...)."""
-    found = []
-    for path in paths:
-        if not path.is_dir():
-            raise QAExpError(f"{path}: no such folder; give run folders or a --multirun folder.")
-        if is_run_dir(path):
-            found.append((path, str(path)))
-            continue
-        children = sorted(
-            (c for c in path.iterdir() if c.is_dir() and is_run_dir(c)), key=_folder_order
-        )
-        found += [(child, child.name if len(paths) == 1 else str(child)) for child in children]
-    if not found:
-        shown = " ".join(str(p) for p in paths)
-        raise QAExpError(
-            f"No runs found in {shown}: a run folder holds {METRICS_FILE}, {SUMMARY_FILE} or "
-            f"{OVERRIDES_FILE}, and a --multirun folder holds run folders 0/, 1/, ...; give "
-            "one of those."
-        )
-    return found
-
-
-def read_overrides(run_dir: Path) -> dict[str, str]:
-    """The command-line overrides of a run as {key: value} (`+key=v` and `++key=v` too)."""
-    path = run_dir / OVERRIDES_FILE
-    if not path.is_file():
-        return {}
-    overrides = {}
-    for item in yaml.safe_load(path.read_text()) or []:
-        key, _, value = str(item).partition("=")
-        overrides[key.lstrip("+~")] = value
-    return overrides
-
-
-def read_status(run_dir: Path) -> str:
-    """summary.json's status; a run that wrote no (readable) summary did not finish: failed."""
-    try:
-        return json.loads((run_dir / SUMMARY_FILE).read_text()).get("status", "failed")
-    except (OSError, ValueError):
-        return "failed"
-
-
-def read_epochs(run_dir: Path) -> list[dict]:
-    """metrics.jsonl; a run killed while writing it is shown without epochs, not fatal."""
-    try:
-        return read_metrics(run_dir)
-    except ValueError as err:
-        log.warning(
-            "%s: unreadable (%s); the run is shown without its epochs.", run_dir / METRICS_FILE, err
-        )
-        return []
-
-
-def load_runs(paths: list[Path]) -> list[RunResult]:
-    return [
-        RunResult(label, read_overrides(run_dir), read_status(run_dir), read_epochs(run_dir))
-        for run_dir, label in find_run_dirs(paths)
-    ]
-
-
-# --- the table -------------------------------------------------------------------------
-
-
-def differing_keys(runs: list[RunResult]) -> list[str]:
-    """Override keys whose value is not the same in every run (a missing key counts)."""
-    keys = sorted({key for run in runs for key in run.overrides})
-    return [key for key in keys if len({run.overrides.get(key) for run in runs}) > 1]
-
-
-def rank(runs: list[RunResult]) -> list[RunResult]:
-    """Completed runs by best F1 (highest first), then the runs that did not complete."""
-    return sorted(runs, key=lambda r: (not r.completed, -(r.best or {}).get("f1", -1.0)))
 
 
 def table_rows(runs: list[RunResult]) -> tuple[list[str], list[list[Any]]]:
@@ -190,15 +73,94 @@ def table_rows(runs: list[RunResult]) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
-def short_value(value: str) -> str:
-    """An override value for display: sampled floats such as `3.071057367777371e-05` to 4
-    significant digits (the CSV keeps them all), anything else as it is."""
-    if len(value) <= 8:
-        return value
-    try:
-        return f"{float(value):.4g}"
-    except ValueError:
-        return value
+NO_NOISE_ESTIMATE = (
+    "One seed per setting: these differences have no noise estimate (seed-to-seed spread "
+    "of F1 is often about a point). Add `seed=1,2,3` to the sweep to measure it."
+)
+MAX_PAIRS_GROUPS = 8  # more settings than this: each is tested against the top one only
+
+
+def _mean_sd(group: RunGroup, metric: str) -> str | None:
+    s = group.spread(metric)
+    if s.mean is None:
+        return None
+    digits = 1 if metric in ("train s", "windows/s") else 2
+    return f"{s.mean:.{digits}f}" + ("" if s.sd is None else f" ± {s.sd:.{digits}f}")
+
+
+def versus_top(group: RunGroup, top: RunGroup) -> tuple[float | None, float | None, str]:
+    """Difference in mean best F1 from the top setting, Welch's p, and the verdict."""
+    if group is top:
+        return None, None, "top"
+    mean, top_mean = group.spread("best F1").mean, top.spread("best F1").mean
+    if mean is None or top_mean is None:
+        return None, None, "-"
+    test = welch_test(group.values("best F1"), top.values("best F1"))
+    if test is None:
+        return mean - top_mean, None, "no noise estimate (n < 2)"
+    verdict = "beyond seed noise" if test.beyond_noise else "within seed noise"
+    return test.difference, test.p, f"{test.difference:+.2f}, {p_text(test.p)}: {verdict}"
+
+
+def p_text(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def group_table(groups: list[RunGroup], keys: list[str]) -> tuple[list, list, list, list]:
+    """(markdown header, markdown rows, CSV header, CSV rows) of the grouped comparison:
+    for each metric its mean ± sd (the CSV: `metric` = mean and `metric sd`)."""
+    settings = [k for k in keys if k != "seed"]
+    metrics = list(METRICS)
+    header = ["runs", *settings, "n", "status", *metrics, "vs top (best F1, Welch)"]
+    csv_header = ["runs", *settings, "n", "status"]
+    csv_header += [c for m in metrics for c in (m, f"{m} sd")]
+    csv_header += ["best F1 difference vs top", "p vs top", "vs top"]
+    rows, csv_rows = [], []
+    for group in groups:
+        first = [group.label, *(group.setting.get(k, "") for k in settings)]
+        first += [len(group.done), group.status]
+        difference, p, verdict = versus_top(group, groups[0])
+        rows.append([*first, *(_mean_sd(group, m) for m in metrics), verdict])
+        spreads = [group.spread(m) for m in metrics]
+        csv_rows.append(
+            [*first, *(v for s in spreads for v in (s.mean, s.sd)), difference, p, verdict]
+        )
+    return header, rows, csv_header, csv_rows
+
+
+def setting_name(group: RunGroup, keys: list[str]) -> str:
+    return ", ".join(f"{k}={short_value(group.setting[k])}" for k in keys if k in group.setting)
+
+
+def noise_section(groups: list[RunGroup]) -> str:
+    """Which differences in mean best F1 between settings exceed the seed-to-seed noise."""
+    keys = [k for k in differing_keys([r for g in groups for r in g.runs]) if k != "seed"]
+    done = [g for g in groups if len(g.done) > 1]
+    if len(done) > MAX_PAIRS_GROUPS:
+        pairs = [(done[0], g) for g in done[1:]]
+    else:
+        pairs = [(a, b) for i, a in enumerate(done) for b in done[i + 1 :]]
+    lines = [
+        "## Differences beyond the seed noise",
+        "",
+        f"Welch's t-test on best F1 (two-sided, alpha {ALPHA}; no correction for testing "
+        "several pairs, so with many settings expect an occasional false alarm):",
+        "",
+    ]
+    for a, b in pairs:
+        test = welch_test(a.values("best F1"), b.values("best F1"))
+        verdict = "beyond seed noise" if test.beyond_noise else "within seed noise"
+        lines.append(
+            f"- {setting_name(a, keys) or a.label} vs {setting_name(b, keys) or b.label}: "
+            f"{test.difference:+.2f} F1 (t={test.t:.2f}, df={test.df:.1f}, {p_text(test.p)}): "
+            f"{verdict}"
+        )
+    if not pairs:
+        lines.append("- fewer than two settings with 2+ completed seeds: nothing to test")
+    single = [g.label for g in groups if len(g.done) == 1]
+    if single:
+        lines.append(f"\nOne completed seed only (no noise estimate): runs {'; '.join(single)}.")
+    return "\n".join(lines) + "\n"
 
 
 def _cell(column: str, value: Any) -> str:
@@ -244,21 +206,31 @@ def _write_atomic(path: Path, write: Any) -> None:
 
 
 def write_comparison(runs: list[RunResult], out_dir: Path) -> str:
-    """Write comparison.csv, .md and .png into out_dir; return the markdown table."""
-    from qaexp.compare_plot import plot_comparison
-
+    """Write comparison.csv, .md and .png into out_dir; return the markdown table. Runs that
+    differ only in `seed` are one row (mean ± sd) when any setting has several seeds."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    header, rows = table_rows(runs)
-    table = markdown_table(header, rows)
+    groups = group_replicates(runs)
+    keys = differing_keys(runs)
     failed = sum(not run.completed for run in runs)
-    intro = (
-        f"# Comparison of {len(runs)} runs\n\nRanked by best dev F1 (EM/F1 in %); "
-        f"{failed} run(s) did not complete.\n\n"
-    )
+    intro = f"# Comparison of {len(runs)} runs\n\n"
+    if has_replicates(groups):
+        header, rows, csv_header, csv_rows = group_table(groups, keys)
+        table = markdown_table(header, rows)
+        intro += (
+            f"{len(groups)} settings, ranked by mean best dev F1 (EM/F1 in %; mean ± sd "
+            f"over the seeds, n completed); {failed} run(s) did not complete.\n\n"
+        )
+        outro = "\n" + noise_section(groups)
+    else:
+        csv_header, csv_rows = table_rows(runs)
+        header, rows = csv_header, csv_rows
+        table = markdown_table(header, rows)
+        intro += f"Ranked by best dev F1 (EM/F1 in %); {failed} run(s) did not complete.\n\n"
+        outro = "\n" + NO_NOISE_ESTIMATE + "\n"
     csv_path, md_path, png_path = (out_dir / name for name in OUTPUT_FILES)
-    _write_atomic(csv_path, lambda p: p.write_text(csv_text(header, rows)))
-    _write_atomic(md_path, lambda p: p.write_text(intro + table))
-    _write_atomic(png_path, lambda p: plot_comparison(rank(runs), differing_keys(runs), p))
+    _write_atomic(csv_path, lambda p: p.write_text(csv_text(csv_header, csv_rows)))
+    _write_atomic(md_path, lambda p: p.write_text(intro + table + outro))
+    _write_atomic(png_path, lambda p: plot_comparison(rank(runs), groups, keys, p))
     return table
 
 
@@ -301,22 +273,47 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@contextmanager
+def comparison_lock(out_dir: Path) -> Iterator[None]:
+    """Serialise comparisons written into one folder: jobs that end together each refresh
+    it, and the last to take the lock reads every result written before it (POSIX flock)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOCK_FILE, "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def refresh_comparison(sweep_dir: Path) -> str | None:
+    """Rewrite the sweep folder's comparison from what its jobs have written so far; return
+    the table. Never fails (the jobs' results are safe already): warns and returns None."""
+    try:
+        with comparison_lock(sweep_dir):
+            return write_comparison(load_runs([sweep_dir]), sweep_dir)
+    except Exception as err:
+        log.warning(
+            "Could not write the comparison into %s (%s); run `python -m qaexp.compare %s`.",
+            sweep_dir,
+            err,
+            sweep_dir,
+        )
+        return None
+
+
 class SweepComparison(Callback):
-    """When a --multirun ends, write the comparison of its jobs into the sweep folder."""
+    """Keeps comparison.{md,csv,png} of a --multirun current in its sweep folder: refreshed
+    when each job ends (completed, failed or stopped; Hydra skips the end-of-sweep hook when
+    a job fails) and once more, printed, when the sweep ends."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        if OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN:
+            refresh_comparison(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            table = write_comparison(load_runs([sweep_dir]), sweep_dir)
-        except Exception as err:  # the jobs' results are safe already: never fail the sweep
-            log.warning(
-                "Could not write the comparison into %s (%s); run `python -m qaexp.compare %s`.",
-                sweep_dir,
-                err,
-                sweep_dir,
-            )
-            return
-        log.info("Comparison (also in %s/comparison.md):\n%s", sweep_dir, table)
+        table = refresh_comparison(sweep_dir)
+        if table is not None:
+            log.info("Comparison (also in %s/comparison.md):\n%s", sweep_dir, table)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The comparison plot: F1 per epoch (one line per run) over best F1 by sweep parameter.
+"""The comparison plot: F1 per epoch (one line per run, or per setting with its seed spread
+as a band) over best F1 by sweep parameter (each run a point, mean ± sd where values repeat).
 
 Drawn with matplotlib's object API on the Agg canvas: no pyplot, no display, no global
 backend switch, so it works in batch jobs and inside a Hydra callback.
@@ -10,10 +11,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qaexp.compare_runs import REPLICATE_KEY, RunGroup, RunResult, has_replicates, short_value
+from qaexp.compare_stats import spread
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-
-    from qaexp.compare import RunResult
 
 MAX_LABELLED_RUNS = 10  # more lines than this: the rest are drawn grey, without a legend entry
 MAX_PARAMETER_PANELS = 5  # the Optuna space has 5 dimensions
@@ -21,8 +23,6 @@ MAX_PARAMETER_PANELS = 5  # the Optuna space has 5 dimensions
 
 def run_label(run: RunResult, keys: list[str]) -> str:
     """`3: max_length=256, stride=64` (the run folder, then its differing overrides)."""
-    from qaexp.compare import short_value
-
     parts = [f"{k}={short_value(run.overrides[k])}" for k in keys if k in run.overrides]
     suffix = "" if run.completed else f" [{run.status}]"
     return f"{run.label}: {', '.join(parts)}{suffix}" if parts else f"{run.label}{suffix}"
@@ -49,13 +49,18 @@ def plot_f1_per_epoch(ax: Axes, runs: list[RunResult], keys: list[str]) -> None:
             ax.plot(epochs, f1, style, color=colors[run.label], linewidth=0.8, zorder=0)
     if len(runs) > MAX_LABELLED_RUNS:
         ax.plot([], [], color="0.75", label=f"{len(runs) - MAX_LABELLED_RUNS} more runs")
-    epochs = sorted({e["epoch"] for run in runs for e in run.epochs})
+    epochs = {e["epoch"] for run in runs for e in run.epochs}
+    finish_epoch_axes(ax, epochs, "dev F1 (%)", "F1 per epoch")
+
+
+def finish_epoch_axes(ax: Axes, epochs: set[int], ylabel: str, title: str) -> None:
+    """Epoch ticks (when few), labels, grid and the legend beside the panel."""
     if epochs and len(epochs) <= 12:
-        ax.set_xticks(epochs)
+        ax.set_xticks(sorted(epochs))
     ax.margins(x=0.1)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("dev F1 (%)")
-    ax.set_title("F1 per epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
@@ -67,7 +72,9 @@ def _as_numbers(values: list[str]) -> list[float] | None:
         return None
 
 
-def plot_best_f1_by(ax: Axes, runs: list[RunResult], key: str) -> None:
+def plot_best_f1_by(
+    ax: Axes, runs: list[RunResult], key: str, colors: dict[str, str] | None = None
+) -> None:
     """Best F1 of each completed run against one sweep parameter, with the mean per value."""
     done = [r for r in runs if r.completed and r.best]
     values = [r.overrides.get(key, "default") for r in done]
@@ -87,18 +94,20 @@ def plot_best_f1_by(ax: Axes, runs: list[RunResult], key: str) -> None:
     by_x: dict[float, list[float]] = defaultdict(list)
     for x, f1 in zip(xs, best, strict=True):
         by_x[x].append(f1)
-    colors = run_colors(runs)
+    colors = colors or run_colors(runs)
     ax.scatter(xs, best, c=[colors[r.label] for r in done], s=40, zorder=3)
     if len(by_x) < len(xs):  # a mean per value only where values repeat (a grid, not lr)
-        means = sorted((x, sum(v) / len(v)) for x, v in by_x.items())
-        ax.plot(
-            [m[0] for m in means],
-            [m[1] for m in means],
-            "-",
+        spreads = sorted((x, spread(v)) for x, v in by_x.items())
+        ax.errorbar(
+            [x for x, _ in spreads],
+            [s.mean for _, s in spreads],
+            yerr=[s.sd or 0.0 for _, s in spreads],
+            fmt="-",
             color="0.4",
             linewidth=1,
+            capsize=4,
             zorder=2,
-            label="mean of runs",
+            label="mean ± sd of runs",
         )
     ax.margins(x=0.15)
     ax.set_xlabel(key)
@@ -106,26 +115,69 @@ def plot_best_f1_by(ax: Axes, runs: list[RunResult], key: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_comparison(runs: list[RunResult], keys: list[str], path: Path) -> None:
-    """Write the comparison figure as a PNG to `path` (runs ranked best first)."""
+def group_colors(groups: list[RunGroup]) -> dict[str, str]:
+    """Each run in its setting's colour (the setting's line in the top panel)."""
+    return {
+        run.label: f"C{i}" if i < MAX_LABELLED_RUNS else "0.75"
+        for i, group in enumerate(groups)
+        for run in group.runs
+    }
+
+
+def plot_group_f1_per_epoch(ax: Axes, groups: list[RunGroup], keys: list[str]) -> None:
+    """One line per setting: mean F1 per epoch over its seeds, with a ± sd band."""
+    for i, group in enumerate(groups[:MAX_LABELLED_RUNS]):
+        per_epoch = group.f1_per_epoch()
+        if not per_epoch:
+            continue
+        epochs = list(per_epoch)
+        mean = [s.mean for s in per_epoch.values()]
+        sd = [s.sd or 0.0 for s in per_epoch.values()]
+        parts = [f"{k}={short_value(group.setting[k])}" for k in keys if k in group.setting]
+        label = f"{', '.join(parts) or group.label} (n={len(group.done)})"
+        ax.plot(epochs, mean, "-", marker="o", color=f"C{i}", label=label)
+        ax.fill_between(
+            epochs,
+            [m - d for m, d in zip(mean, sd, strict=True)],
+            [m + d for m, d in zip(mean, sd, strict=True)],
+            color=f"C{i}",
+            alpha=0.2,
+        )
+    epochs = {e for group in groups for e in group.f1_per_epoch()}
+    finish_epoch_axes(ax, epochs, "dev F1 (%), mean ± sd over seeds", "F1 per epoch by setting")
+
+
+def plot_comparison(
+    runs: list[RunResult], groups: list[RunGroup], keys: list[str], path: Path
+) -> None:
+    """Write the comparison figure as a PNG to `path` (runs and groups ranked best first);
+    with replicated settings the seed is not a panel: its spread is the band and bars."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    replicated = has_replicates(groups)
+    if replicated:
+        keys = [k for k in keys if k != REPLICATE_KEY]
     panels = keys[:MAX_PARAMETER_PANELS]
     columns = max(len(panels), 2)
     fig = Figure(figsize=(4.2 * columns, 8.0 if panels else 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(2 if panels else 1, columns)
-    plot_f1_per_epoch(fig.add_subplot(grid[0, :]), runs, keys)
+    top = fig.add_subplot(grid[0, :])
+    if replicated:
+        plot_group_f1_per_epoch(top, groups, keys)
+    else:
+        plot_f1_per_epoch(top, runs, keys)
     shared = None
     for i, key in enumerate(panels):
         ax = fig.add_subplot(grid[1, i], sharey=shared)
         shared = shared or ax
-        plot_best_f1_by(ax, runs, key)
+        plot_best_f1_by(ax, runs, key, group_colors(groups) if replicated else None)
         if i == 0:
             ax.set_ylabel("best dev F1 (%)")
         if ax.get_legend_handles_labels()[0] and not any(a.get_legend() for a in fig.axes[1:]):
             ax.legend(fontsize=8, frameon=False)
     completed = sum(r.completed for r in runs)
-    fig.suptitle(f"{len(runs)} runs ({completed} completed)")
+    settings = f", {len(groups)} settings" if replicated else ""
+    fig.suptitle(f"{len(runs)} runs ({completed} completed){settings}")
     fig.savefig(path, format="png", dpi=110)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from qaexp.compare import SweepComparison, load_runs, main
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_qaexp
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -147,7 +149,7 @@ def test_missing_folder_and_folder_without_runs_fail_clearly(tmp_path, caplog):
 
 
 def test_command_line_entry_point(sweep):
-    result = run_cli([str(sweep)], cwd=sweep.parent, module="qaexp.compare")
+    result = run_qaexp([str(sweep)], cwd=sweep.parent, timeout=120, module="qaexp.compare")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[2].startswith("| 2 ")
     assert "Wrote comparison.csv" in result.stderr
@@ -160,3 +162,92 @@ def test_callback_writes_into_the_sweep_dir_and_never_fails_the_sweep(sweep, tmp
     empty.mkdir()
     SweepComparison().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(empty)}}}))
     assert not (empty / "comparison.csv").exists()
+
+
+# --- seeds as replicates ---------------------------------------------------------------
+
+
+@pytest.fixture
+def seed_sweep(tmp_path) -> Path:
+    """stride=64 x 3 seeds (F1 about 70, sd 1) and stride=128 x 3 seeds (about 60), plus a
+    stride=32 setting with one seed done and one failed."""
+    root = tmp_path / "seeds"
+    f1 = {"64": [69.0, 70.0, 71.0], "128": [59.0, 61.0, 60.0]}
+    i = 0
+    for stride, values in f1.items():
+        for seed, best in zip((1, 2, 3), values, strict=True):
+            make_run(root / str(i), [f"seed={seed}", f"stride={stride}"], [best - 5, best])
+            i += 1
+    make_run(root / str(i), ["seed=1", "stride=32"], [50.0])
+    make_run(root / str(i + 1), ["seed=2", "stride=32"], [], status="failed")
+    return root
+
+
+def test_seeds_of_one_setting_are_one_row_with_mean_sd_and_n(seed_sweep):
+    assert main([str(seed_sweep)]) == 0
+    rows = read_csv(seed_sweep / "comparison.csv")
+    assert [(r["runs"], r["stride"], r["n"]) for r in rows] == [
+        ("0,1,2", "64", "3"),
+        ("3,4,5", "128", "3"),
+        ("6,7", "32", "1"),
+    ]
+    assert "seed" not in rows[0]
+    assert float(rows[0]["best F1"]) == pytest.approx(70.0)
+    assert float(rows[0]["best F1 sd"]) == pytest.approx(1.0)
+    assert float(rows[1]["final EM"]) == pytest.approx(50.0)
+    assert rows[2]["status"] == "1 completed, 1 failed" and rows[2]["best F1 sd"] == ""
+    markdown = (seed_sweep / "comparison.md").read_text()
+    assert "70.00 ± 1.00" in markdown and "60.00 ± 1.00" in markdown
+
+
+def test_differences_are_tested_against_the_seed_noise(seed_sweep, tmp_path):
+    from scipy import stats
+
+    main([str(seed_sweep)])
+    rows = read_csv(seed_sweep / "comparison.csv")
+    expected = stats.ttest_ind([59.0, 61.0, 60.0], [69.0, 70.0, 71.0], equal_var=False).pvalue
+    assert rows[0]["vs top"] == "top"
+    assert float(rows[1]["p vs top"]) == pytest.approx(expected)
+    assert float(rows[1]["best F1 difference vs top"]) == pytest.approx(-10.0)
+    assert rows[1]["vs top"].endswith("beyond seed noise")
+    assert rows[2]["vs top"] == "no noise estimate (n < 2)"
+    markdown = (seed_sweep / "comparison.md").read_text()
+    assert "stride=64 vs stride=128: +10.00 F1" in markdown
+    # Overlapping seeds: the same small difference is within the noise.
+    close = tmp_path / "close"
+    for i, (stride, best) in enumerate(
+        [("64", 70.0), ("64", 72.0), ("64", 68.0), ("128", 69.0), ("128", 71.5), ("128", 67.0)]
+    ):
+        make_run(close / str(i), [f"seed={i % 3}", f"stride={stride}"], [best])
+    main([str(close)])
+    assert read_csv(close / "comparison.csv")[1]["vs top"].endswith("within seed noise")
+
+
+def test_a_single_seed_sweep_says_it_has_no_noise_estimate(sweep):
+    main([str(sweep)])
+    markdown = (sweep / "comparison.md").read_text()
+    assert "One seed per setting: these differences have no noise estimate" in markdown
+
+
+def test_seed_plot_shows_the_spread(seed_sweep):
+    main([str(seed_sweep)])
+    png = (seed_sweep / "comparison.png").read_bytes()
+    assert png[:8] == PNG_MAGIC and len(png) > 10_000
+
+
+def test_welch_p_without_scipy_matches_scipy():
+    from scipy import stats
+
+    from qaexp.compare_stats import _t_two_sided_p
+
+    for t, df in [(0.1, 2.0), (2.5, 3.3), (10.0, 1.5), (1.96, 1000.0), (4.0, 7.7), (0.0, 4.0)]:
+        assert _t_two_sided_p(t, df) == pytest.approx(2 * stats.t.sf(t, df), abs=1e-9)
+
+
+def test_the_plot_module_does_not_import_the_comparison_module():
+    """compare_plot sits below compare: importing it must not import qaexp.compare."""
+    code = "import sys, qaexp.compare_plot; print('qaexp.compare' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert result.stdout.strip() == "False", result.stderr

@@ -25,6 +25,8 @@ METRICS_FILE = "metrics.jsonl"
 PREDICTIONS_FILE = "predictions.json"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoint"
+# Set by the parallel sweep launcher (hydra/launcher=parallel): the job's devices, as JSON.
+JOB_DEVICES_ENV = "QAEXP_JOB_DEVICES"
 
 # Names that run directories written by earlier versions used for the same quantities.
 RENAMED_KEYS = {
@@ -106,6 +108,12 @@ def replace_dir_atomic(staged: Path, target: Path) -> None:
     os.replace(staged, target)
     if old.exists():
         shutil.rmtree(old)
+
+
+def job_devices() -> dict | None:
+    """The GPUs and threads a sweep launcher gave this job; None when started on its own."""
+    given = os.environ.get(JOB_DEVICES_ENV)
+    return json.loads(given) if given else None
 
 
 def package_versions() -> dict[str, str]:
@@ -235,6 +243,7 @@ class RunRecorder:
             "num_processes": self.accelerator.num_processes,
             "mixed_precision": self.accelerator.mixed_precision,
             "device": str(self.accelerator.device),
+            "job_devices": job_devices(),
             "versions": package_versions(),
             "git_commit": git_commit(),
             "config": self.config,
