@@ -144,6 +144,59 @@ def _top_k(
     return positions, values
 
 
+def _check_logits(start_logits: np.ndarray, end_logits: np.ndarray, n_features: int) -> None:
+    for name, logits in (("start_logits", start_logits), ("end_logits", end_logits)):
+        if logits.ndim != 2 or logits.shape[0] != n_features:
+            raise ValueError(
+                f"{name} must have shape (num_features={n_features}, W), got {logits.shape}"
+            )
+    if start_logits.shape != end_logits.shape:
+        raise ValueError(
+            f"start_logits {start_logits.shape} and end_logits {end_logits.shape} differ"
+        )
+
+
+def _token_layout(
+    features: datasets.Dataset, width: int
+) -> tuple[np.ndarray, pa.Array, np.ndarray]:
+    """Per window its token count, the flat per-token offsets (null outside the context), and
+    where each window's tokens start in that flat array."""
+    offsets = _column(features, "offset_mapping")
+    if pa.types.is_null(offsets.type):  # an empty or all-null column has no inferred type
+        offsets = offsets.cast(pa.list_(pa.list_(pa.int64())))
+    lengths = pc.fill_null(pc.list_value_length(offsets), 0).to_numpy(zero_copy_only=False)
+    lengths = lengths.astype(np.int64)
+    if len(lengths) and lengths.max() > width:
+        raise ValueError(
+            f"logits have width {width} but a feature has {lengths.max()} tokens; "
+            "pad the logits to at least the longest feature"
+        )
+    row_start = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=row_start[1:])
+    return lengths, offsets.flatten(), row_start
+
+
+def _pair_scores(
+    sides: list[tuple[np.ndarray, np.ndarray, np.ndarray]], max_answer_length: int, width: int
+) -> np.ndarray:
+    """(F, k, k) start+end scores, -inf where a side is outside the context or the span is
+    reversed or too long.
+
+    The (F, k, k) tensors dominate the cost, so invalid sides are folded into the (F, k)
+    values as -inf, and the span test is one comparison on small unsigned integers: a
+    negative end - start wraps around to a huge value.
+    """
+    (start, start_value, start_ok), (end, end_value, end_ok) = sides
+    small, unsigned = (np.int16, np.uint16) if width < 2**15 else (np.int64, np.uint64)
+    span = end.astype(small)[:, None, :] - start.astype(small)[:, :, None]
+    too_long = span.view(unsigned) >= min(max_answer_length, width)
+    start_value = np.where(start_ok, start_value, -np.inf)
+    end_value = np.where(end_ok, end_value, -np.inf)
+    score = start_value[:, :, None] + end_value[:, None, :]
+    np.copyto(score, -np.inf, where=too_long)
+    return score
+
+
 def _candidates(
     examples: datasets.Dataset,
     features: datasets.Dataset,
@@ -157,55 +210,24 @@ def _candidates(
         raise ValueError(f"n_best must be >= 1, got {n_best}")
     if max_answer_length < 1:
         raise ValueError(f"max_answer_length must be >= 1, got {max_answer_length}")
-    start_logits = _float_array(start_logits)
-    end_logits = _float_array(end_logits)
-    offsets = _column(features, "offset_mapping")
-    if pa.types.is_null(offsets.type):  # an empty or all-null column has no inferred type
-        offsets = offsets.cast(pa.list_(pa.list_(pa.int64())))
-    n_features = len(offsets)
-    for name, logits in (("start_logits", start_logits), ("end_logits", end_logits)):
-        if logits.ndim != 2 or logits.shape[0] != n_features:
-            raise ValueError(
-                f"{name} must have shape (num_features={n_features}, W), got {logits.shape}"
-            )
-    if start_logits.shape != end_logits.shape:
-        raise ValueError(
-            f"start_logits {start_logits.shape} and end_logits {end_logits.shape} differ"
-        )
-
-    lengths = pc.fill_null(pc.list_value_length(offsets), 0).to_numpy(zero_copy_only=False)
-    lengths = lengths.astype(np.int64)
-    width = start_logits.shape[1]
-    if n_features and lengths.max() > width:
-        raise ValueError(
-            f"logits have width {width} but a feature has {lengths.max()} tokens; "
-            "pad the logits to at least the longest feature"
-        )
-    token_offsets = offsets.flatten()  # one entry per token, null for non-context tokens
-    row_start = np.zeros(n_features, dtype=np.int64)
-    np.cumsum(lengths[:-1], out=row_start[1:])
+    start_logits, end_logits = _float_array(start_logits), _float_array(end_logits)
+    width = start_logits.shape[1] if start_logits.ndim == 2 else 0
+    _check_logits(start_logits, end_logits, len(features))
+    lengths, token_offsets, row_start = _token_layout(features, width)
+    n_features = len(lengths)
     example_index = _example_index(examples, features)
     null_score = np.full(n_features, np.inf)
     has_token = lengths > 0
     if width:
         null_score[has_token] = start_logits[has_token, 0] + end_logits[has_token, 0]
-
+    common = (max_answer_length, token_offsets, row_start, null_score)
     k = min(n_best, width)
     if k == 0 or n_features == 0:
-        no_position = np.zeros((n_features, 0), dtype=np.int64)
+        none = np.zeros((n_features, 0), dtype=np.int64)
+        empty = np.zeros((n_features, 0, 0), dtype=start_logits.dtype)
         return _Candidates(
-            example_index,
-            no_position,
-            no_position,
-            no_position.astype(bool),
-            no_position.astype(bool),
-            np.zeros((n_features, 0, 0), dtype=start_logits.dtype),
-            max_answer_length,
-            token_offsets,
-            row_start,
-            null_score,
+            example_index, none, none, none.astype(bool), none.astype(bool), empty, *common
         )
-
     is_context = np.append(token_offsets.is_valid().to_numpy(zero_copy_only=False), False)
     sides = []
     for name, logits in (("start_logits", start_logits), ("end_logits", end_logits)):
@@ -214,30 +236,9 @@ def _candidates(
         # Positions past a short feature's end point at the sentinel False of `is_context`.
         token = np.where(inside, row_start[:, None] + positions, len(is_context) - 1)
         sides.append((positions, values, is_context[token]))
-    (start, start_value, start_ok), (end, end_value, end_ok) = sides
-
-    # The (F, k, k) tensors dominate the cost, so invalid sides are folded into the (F, k)
-    # values as -inf, and the span test is one comparison on small unsigned integers: a
-    # negative end - start wraps around to a huge value.
-    small, unsigned = (np.int16, np.uint16) if width < 2**15 else (np.int64, np.uint64)
-    span = end.astype(small)[:, None, :] - start.astype(small)[:, :, None]
-    too_long = span.view(unsigned) >= min(max_answer_length, width)
-    start_value = np.where(start_ok, start_value, -np.inf)
-    end_value = np.where(end_ok, end_value, -np.inf)
-    score = start_value[:, :, None] + end_value[:, None, :]
-    np.copyto(score, -np.inf, where=too_long)
-    return _Candidates(
-        example_index,
-        start,
-        end,
-        start_ok,
-        end_ok,
-        score,
-        max_answer_length,
-        token_offsets,
-        row_start,
-        null_score,
-    )
+    score = _pair_scores(sides, max_answer_length, width)
+    (start, _, start_ok), (end, _, end_ok) = sides
+    return _Candidates(example_index, start, end, start_ok, end_ok, score, *common)
 
 
 def _char_spans(
@@ -363,6 +364,40 @@ def postprocess_predictions_v2(
     return NullPredictions(predictions, dict(zip(ids.to_pylist(), odds.tolist(), strict=True)))
 
 
+def _distinct_spans_by_rank(
+    example: np.ndarray, logit: np.ndarray, char_start: np.ndarray, char_end: np.ndarray
+) -> np.ndarray:
+    """Indices of the candidates to keep, in rank order grouped by example: within each
+    example by logit descending (the stable sort keeps (feature, start, end)), each distinct
+    character span once, at its best rank."""
+    rank_order = np.lexsort((-logit, example))
+    rank = np.empty_like(rank_order)
+    rank[rank_order] = np.arange(rank_order.size)
+    by_span = np.lexsort((rank, char_end, char_start, example))
+    same = (
+        (example[by_span][1:] == example[by_span][:-1])
+        & (char_start[by_span][1:] == char_start[by_span][:-1])
+        & (char_end[by_span][1:] == char_end[by_span][:-1])
+    )
+    unique = by_span[np.concatenate(([True], ~same))]
+    return unique[np.argsort(rank[unique])]
+
+
+def _softmax_per_example(
+    example: np.ndarray, logit: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each example's group starts, its size, and the softmax of the logits within it
+    (the first of each group is its highest logit; a group whose best logit is -inf has only
+    -inf logits: those are equally likely)."""
+    group_start = np.flatnonzero(np.concatenate(([True], example[1:] != example[:-1])))
+    group_size = np.diff(np.append(group_start, example.size))
+    group_max = np.repeat(logit[group_start], group_size)
+    finite = np.isfinite(group_max)
+    exp = np.where(finite, np.exp(logit - np.where(finite, group_max, 0.0)), 1.0)
+    prob = exp / np.repeat(np.add.reduceat(exp, group_start), group_size)
+    return group_start, group_size, prob
+
+
 def postprocess_nbest(
     examples: datasets.Dataset,
     features: datasets.Dataset,
@@ -402,31 +437,10 @@ def postprocess_nbest(
         cand.row_start[feature] + cand.end[feature, j],
     )
 
-    # Rank within each example: score descending; the stable sort keeps (feature, start, end).
-    rank_order = np.lexsort((-logit, example))
-    rank = np.empty_like(rank_order)
-    rank[rank_order] = np.arange(rank_order.size)
-    # Deduplicate spans: keep the best-ranked candidate of every (example, start, end).
-    by_span = np.lexsort((rank, char_end, char_start, example))
-    same = (
-        (example[by_span][1:] == example[by_span][:-1])
-        & (char_start[by_span][1:] == char_start[by_span][:-1])
-        & (char_end[by_span][1:] == char_end[by_span][:-1])
-    )
-    unique = by_span[np.concatenate(([True], ~same))]
-    unique = unique[np.argsort(rank[unique])]  # back to rank order, grouped by example
-
+    unique = _distinct_spans_by_rank(example, logit, char_start, char_end)
     example, logit = example[unique], logit[unique]
     char_start, char_end = char_start[unique], char_end[unique]
-    group_start = np.flatnonzero(np.concatenate(([True], example[1:] != example[:-1])))
-    group_size = np.diff(np.append(group_start, example.size))
-    # Softmax per example; the first of each group is its highest logit. A group whose best
-    # logit is -inf has only -inf logits: those are equally likely.
-    group_max = np.repeat(logit[group_start], group_size)
-    finite = np.isfinite(group_max)
-    exp = np.where(finite, np.exp(logit - np.where(finite, group_max, 0.0)), 1.0)
-    prob = exp / np.repeat(np.add.reduceat(exp, group_start), group_size)
-
+    group_start, group_size, prob = _softmax_per_example(example, logit)
     place = np.arange(example.size) - np.repeat(group_start, group_size)
     top = np.flatnonzero(place < top_k)
     contexts = _column(examples, "context").take(pa.array(example[top])).to_pylist()
