@@ -13,7 +13,6 @@ import argparse
 import csv
 import io
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +42,7 @@ from qaexp.compare_runs import (
 )
 from qaexp.compare_stats import ALPHA, welch_test
 from qaexp.errors import QAExpError
+from qaexp.tracking.rundir import replaced_atomically, write_text_atomic
 
 __all__ = ["SweepComparison", "load_runs", "main", "refresh_comparison", "write_comparison"]
 
@@ -195,16 +195,6 @@ def csv_text(header: list[str], rows: list[list[Any]]) -> str:
 # --- writing ---------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """Call write(tmp_path), then move the finished file into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_comparison(runs: list[RunResult], out_dir: Path) -> str:
     """Write comparison.csv, .md and .png into out_dir; return the markdown table. Runs that
     differ only in `seed` are one row (mean ± sd) when any setting has several seeds."""
@@ -228,9 +218,10 @@ def write_comparison(runs: list[RunResult], out_dir: Path) -> str:
         intro += f"Ranked by best dev F1 (EM/F1 in %); {failed} run(s) did not complete.\n\n"
         outro = "\n" + NO_NOISE_ESTIMATE + "\n"
     csv_path, md_path, png_path = (out_dir / name for name in OUTPUT_FILES)
-    _write_atomic(csv_path, lambda p: p.write_text(csv_text(csv_header, csv_rows)))
-    _write_atomic(md_path, lambda p: p.write_text(intro + table + outro))
-    _write_atomic(png_path, lambda p: plot_comparison(rank(runs), groups, keys, p))
+    write_text_atomic(csv_path, csv_text(csv_header, csv_rows))
+    write_text_atomic(md_path, intro + table + outro)
+    with replaced_atomically(png_path) as tmp:
+        plot_comparison(rank(runs), groups, keys, tmp)
     return table
 
 

@@ -11,6 +11,8 @@ import math
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -61,17 +63,26 @@ class EpochStats:
     tokens: int
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, flush it to disk, rename it into place:
-    a reader (or a crash) sees the old file or the new one, never a part. The temporary name
-    is the process's own, so concurrent writers (jobs of a sweep) never share one."""
+@contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write; renamed onto `path` when the block succeeds,
+    removed when it fails. A reader (or a crash) sees the old file or the new one, never a
+    part. The temporary name is the process's own, so concurrent writers never share one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically, flushed to disk before the rename."""
+    with replaced_atomically(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
