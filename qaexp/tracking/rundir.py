@@ -290,6 +290,6 @@ def squad_v2_summary(best: dict | None) -> dict:
     if best is None or "best_f1_thresh" not in best:
         return {}
     return {
-        "squad_v2": {key: best.get(key) for key in SQUAD_V2_KEYS},
+        "squad_v2": {key: best.get(key) for key in ("f1", *SQUAD_V2_KEYS)},
         "null_score_diff_threshold": best.get("best_f1_thresh"),
     }
