@@ -223,7 +223,10 @@ def load_flat_file(path: str | None, key: str, cfg: DataConfig) -> datasets.Data
         loaded = datasets.load_dataset(
             builder, data_files=str(file), split="train", cache_dir=cfg.cache_dir
         )
-    except (datasets.exceptions.DatasetGenerationError, ValueError, OSError) as err:
+    except (datasets.exceptions.DatasetGenerationError, ValueError, OSError, StopIteration) as err:
+        # A file without a single record: datasets finds no rows (csv) or no schema (json).
+        if isinstance(err, StopIteration) or "corresponds to no data" in str(err):
+            raise QAExpError(f"{key}={path} holds no questions.") from err
         raise QAExpError(
             f"{key}={path}: `datasets` could not read it as {builder} "
             f"({type(err).__name__}: {str(err)[:300]}). Check the file's format."
