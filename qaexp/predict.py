@@ -237,11 +237,11 @@ def log_scores(predictions: dict[str, str], references: dict[str, list[str]]) ->
         scores = squad_metrics(predictions, references)
         exact, f1, name = scores["exact_match"], scores["f1"], "SQuAD v1.1"
     log.info(
-        "Against the file's answers (%d questions, %s): EM %.2f F1 %.2f",
+        "Against the file's answers (%d questions): EM %.2f F1 %.2f (%s)",
         len(references),
-        name,
         exact,
         f1,
+        name,
     )
 
 

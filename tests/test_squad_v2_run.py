@@ -166,3 +166,19 @@ def test_squad2_dev_counts(squad2_dev):
     assert check_answers(DataConfig(), raw) is True
     with pytest.raises(QAExpError, match="5945 of 11873 validation questions"):
         check_answers(DataConfig(allow_unanswerable=False), raw)
+
+
+def test_split_script_splits_by_article(tmp_path, squad2_dev):
+    import subprocess
+    import sys
+
+    from qaexp.data import load_squad_json
+    from tests.conftest import REPO
+
+    script = REPO / "benchmarks" / "squad2_split.py"
+    subprocess.run([sys.executable, script, tmp_path, "--dev", SQUAD2_DEV], check=True)
+    train = load_squad_json(str(tmp_path / "train-first25.json"), "data.train_file")
+    evaluation = load_squad_json(str(tmp_path / "eval-last10.json"), "data.validation_file")
+    assert len(train) + len(evaluation) == len(squad2_dev) == 11873
+    assert not set(train["title"]) & set(evaluation["title"])
+    assert 0 < sum(not a["text"] for a in evaluation["answers"]) < len(evaluation)
