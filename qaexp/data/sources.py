@@ -239,33 +239,28 @@ def load_flat_file(path: str | None, key: str, cfg: DataConfig) -> datasets.Data
     return to_squad_schema(loaded, cfg.columns, f"{key}={path}")
 
 
+def _mapped_columns(columns: ColumnsConfig) -> dict[str, str | None]:
+    """The columns a flat dataset must have: context, question and the answer column(s)."""
+    if columns.answer_text:
+        answers = {"answer_text": columns.answer_text, "answer_start": columns.answer_start}
+    else:
+        answers = {"answers": columns.answers}
+    return {"context": columns.context, "question": columns.question, **answers}
+
+
 def to_squad_schema(
     dataset: datasets.Dataset, columns: ColumnsConfig, where: str
 ) -> datasets.Dataset:
     """`dataset` with its mapped columns renamed, converted and cast to SQUAD_FEATURES."""
     if len(dataset) == 0:
         raise QAExpError(f"{where} holds no questions.")
-    answers = (
-        [columns.answer_text, columns.answer_start] if columns.answer_text else [columns.answers]
-    )
-    needed = {
-        "context": columns.context,
-        "question": columns.question,
-        **dict(
-            zip(
-                ("answer_text", "answer_start") if columns.answer_text else ("answers",),
-                answers,
-                strict=True,
-            )
-        ),
-    }
     absent = [
-        f"data.columns.{name}={col}"
-        for name, col in needed.items()
-        if col not in dataset.column_names
+        f"data.columns.{name}={column}"
+        if column
+        else f"data.columns.{name} (needed with data.columns.answer_text)"
+        for name, column in _mapped_columns(columns).items()
+        if column not in dataset.column_names
     ]
-    if columns.answer_text and not columns.answer_start:
-        absent.append("data.columns.answer_start (needed with data.columns.answer_text)")
     if absent:
         raise QAExpError(
             f"{where}: no column for {', '.join(absent)}. Its columns are "
