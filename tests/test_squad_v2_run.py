@@ -182,3 +182,31 @@ def test_split_script_splits_by_article(tmp_path, squad2_dev):
     assert len(train) + len(evaluation) == len(squad2_dev) == 11873
     assert not set(train["title"]) & set(evaluation["title"])
     assert 0 < sum(not a["text"] for a in evaluation["answers"]) < len(evaluation)
+
+
+def test_predict_cli_uses_the_recorded_threshold(v2_run, eval_examples, tmp_path):
+    import qaexp
+    from qaexp.predict import main
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(
+        "".join(
+            json.dumps({"id": r["id"], "question": r["question"], "context": r["context"]}) + "\n"
+            for r in eval_examples
+        )
+    )
+    out = tmp_path / "answers.json"
+    main([f"checkpoint={v2_run / 'checkpoint'}", f"input={questions}", f"output={out}"])
+    written = json.loads(out.read_text())
+    qa = qaexp.pipeline(v2_run / "checkpoint", device="cpu")
+    expected = [a["answer"] for a in qa(list(eval_examples))]
+    assert list(written.values()) == expected and "" in expected
+    main(
+        [
+            f"checkpoint={v2_run / 'checkpoint'}",
+            f"input={questions}",
+            f"output={out}",
+            "handle_impossible_answer=false",
+        ]
+    )
+    assert all(json.loads(out.read_text()).values())
