@@ -130,7 +130,7 @@ def log_squad_v2(epoch: int, scores: dict) -> None:
         pct("HasAns_f1"),
         pct("NoAns_exact"),
         pct("best_f1"),
-        pct("best_f1_thresh"),
+        "n/a" if scores.get("best_f1_thresh") is None else f"{scores['best_f1_thresh']:.4g}",
     )
 
 
