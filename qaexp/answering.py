@@ -8,7 +8,7 @@
 The interface is that of the transformers 4.x ``question-answering`` pipeline: keyword
 ``question``/``context`` (strings or lists), a dict or a list of dicts, ``top_k``,
 ``max_answer_len``, ``max_seq_len``/``doc_stride`` (here also ``max_length``/``stride``),
-``batch_size`` and ``device`` (the GPU when there is one). Answers agree with qaexp's
+``batch_size``, ``device`` (the GPU when there is one) and ``handle_impossible_answer``. Answers agree with qaexp's
 evaluation by construction: contexts are cut into the same windows
 (`qaexp.features.prepare_eval_features`), batched by the same collator
 (`qaexp.batching.make_eval_loader`), and searched by the same n-best post-processing
@@ -21,6 +21,13 @@ span was possible; here the shape depends on the call alone, never on the data.)
 the softmax of start + end logits over all valid spans of the example, in all its windows;
 ``start``/``end`` are character offsets, ``context[start:end] == answer``.
 
+SQuAD v2.0 (``handle_impossible_answer``, on by default for a checkpoint trained with
+unanswerable questions, whose ``null_threshold.json`` holds the threshold chosen on its
+evaluation set): the answer is ``""`` with ``start == end == 0`` when the null score (CLS
+start + end) beats the best span by more than ``null_score_diff_threshold``, as in the old
+pipeline. Its ``score`` is the probability of "no answer" in the softmax over the null score
+and every span, and the spans' scores are rescaled to share that softmax.
+
 ``qaexp.pipeline`` is this module's `pipeline`, imported on first use (see qaexp/__init__.py).
 """
 
@@ -28,8 +35,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -45,7 +54,8 @@ from qaexp.errors import QAExpError
 from qaexp.evaluation import collect_logits
 from qaexp.features import prepare_eval_features
 from qaexp.modeling import load_qa_checkpoint
-from qaexp.postprocess import postprocess_nbest
+from qaexp.postprocess import postprocess_nbest, postprocess_predictions_v2
+from qaexp.tracking.rundir import read_null_threshold
 
 __all__ = ["AnswerSettings", "QuestionAnsweringPipeline", "pipeline"]
 
@@ -71,6 +81,11 @@ class AnswerSettings:
     stride: int | None = None  # tokens shared by windows; None: min(max_length // 2, 128)
     n_best: int = N_BEST  # start/end candidates per window (raised to top_k when smaller)
     batch_size: int = ANSWER_BATCH_SIZE  # windows per forward pass
+    # SQuAD v2.0: may the answer be "" (no answer)? None: when the checkpoint recorded a
+    # null threshold (trained with unanswerable questions).
+    handle_impossible_answer: bool | None = None
+    # "" when null score - best span score exceeds this; None: the checkpoint's, else 0.0
+    null_score_diff_threshold: float | None = None
 
     def updated(self, **overrides: Any) -> AnswerSettings:
         """A copy with `overrides` applied (old names accepted), checked."""
@@ -88,7 +103,10 @@ class AnswerSettings:
         return settings
 
     def check(self) -> None:
+        _check_null_settings(self.handle_impossible_answer, self.null_score_diff_threshold)
         for f in dataclasses.fields(self):
+            if f.name in NULL_SETTINGS:
+                continue
             value = getattr(self, f.name)
             optional = f.name in ("max_length", "stride")
             if value is None and optional:
@@ -106,6 +124,41 @@ class AnswerSettings:
         max_length = self.max_length or min(limit, MAX_LENGTH)
         stride = self.stride if self.stride is not None else min(max_length // 2, STRIDE)
         return max_length, stride
+
+
+NULL_SETTINGS = ("handle_impossible_answer", "null_score_diff_threshold")
+
+
+def _check_null_settings(handle: object, threshold: object) -> None:
+    if handle is not None and not isinstance(handle, bool):
+        raise QAExpError(f"handle_impossible_answer={handle!r}: must be True, False or None.")
+    number = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+    if threshold is not None and not (number and math.isfinite(threshold)):
+        raise QAExpError(
+            f"null_score_diff_threshold={threshold!r}: must be a finite number (or None for "
+            "the checkpoint's recorded threshold, else 0.0)."
+        )
+
+
+def with_no_answer(
+    candidates: list[dict], null_odds: float, threshold: float, top_k: int
+) -> list[dict]:
+    """`candidates` (best first) with the "no answer" entry added: first when `null_odds`
+    (null score - best span score) exceeds `threshold`, else after the spans that score
+    higher. Scores become one softmax over the null score and the spans."""
+    if not candidates or null_odds == math.inf:
+        return [dict(NO_ANSWER, score=1.0)]
+    # p_null / p_best = exp(null_odds) in the joint softmax, so p_null = sigmoid(log_ratio).
+    log_ratio = math.log(max(candidates[0]["score"], 1e-300)) + null_odds
+    p_null = 1.0 / (1.0 + math.exp(-log_ratio)) if log_ratio > -700 else 0.0
+    spans = [dict(c, score=c["score"] * (1.0 - p_null)) for c in candidates]
+    place = 0
+    if null_odds <= threshold:  # a span wins; "" goes after the spans that score higher
+        place = 1
+        while place < len(spans) and spans[place]["score"] >= p_null:
+            place += 1
+    spans.insert(place, dict(NO_ANSWER, score=p_null))
+    return spans[:top_k]
 
 
 def inference_device(device: str | int | torch.device | None) -> torch.device:
@@ -173,11 +226,13 @@ class QuestionAnsweringPipeline:
         tokenizer: PreTrainedTokenizerBase,
         device: torch.device,
         settings: AnswerSettings,
+        null_threshold: float | None = None,
     ):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.device = device
         self.settings = settings
+        self.null_threshold = null_threshold  # recorded with the checkpoint (SQuAD v2.0)
 
     def __call__(
         self,
@@ -224,13 +279,32 @@ class QuestionAnsweringPipeline:
             max_answer_length=s.max_answer_len,
             top_k=s.top_k,
         )
-        return {
+        ranked = {
             example_id: [
                 {"answer": c["text"], "score": c["score"], "start": c["start"], "end": c["end"]}
                 for c in candidates
             ]
             for example_id, candidates in nbest.items()
         }
+        if not self.handles_impossible(s):
+            return ranked
+        threshold = self.threshold(s)
+        _, odds = postprocess_predictions_v2(
+            examples, features, start, end, s.n_best, s.max_answer_len, threshold
+        )
+        return {i: with_no_answer(r, odds[i], threshold, s.top_k) for i, r in ranked.items()}
+
+    def handles_impossible(self, settings: AnswerSettings) -> bool:
+        """Whether "" (no answer) may win: the setting, else whether the checkpoint recorded
+        a null threshold."""
+        if settings.handle_impossible_answer is not None:
+            return settings.handle_impossible_answer
+        return self.null_threshold is not None
+
+    def threshold(self, settings: AnswerSettings) -> float:
+        if settings.null_score_diff_threshold is not None:
+            return float(settings.null_score_diff_threshold)
+        return self.null_threshold if self.null_threshold is not None else 0.0
 
     def window_logits(
         self, features: datasets.Dataset, batch_size: int, width: int
@@ -250,7 +324,10 @@ def pipeline(
     qaexp run's checkpoint/), a Hub id, or a loaded QA model (then pass its `tokenizer`).
 
     `settings` are the defaults of every call: top_k, max_answer_len, max_length (or
-    max_seq_len), stride (or doc_stride), n_best, batch_size; see `AnswerSettings`.
+    max_seq_len), stride (or doc_stride), n_best, batch_size, handle_impossible_answer,
+    null_score_diff_threshold; see `AnswerSettings`. A checkpoint folder's
+    null_threshold.json (written by runs with unanswerable questions) turns
+    handle_impossible_answer on with its threshold.
     """
     chosen = AnswerSettings().updated(**settings)
     if isinstance(checkpoint, torch.nn.Module):
@@ -262,4 +339,7 @@ def pipeline(
         tokenizer = tokenizer or loaded
     if isinstance(tokenizer, str):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-    return QuestionAnsweringPipeline(model, tokenizer, inference_device(device), chosen)
+    recorded = None
+    if not isinstance(checkpoint, torch.nn.Module) and Path(checkpoint).is_dir():
+        recorded = read_null_threshold(Path(checkpoint))
+    return QuestionAnsweringPipeline(model, tokenizer, inference_device(device), chosen, recorded)

@@ -65,12 +65,41 @@ RESULT_COLUMNS = (
 def table_rows(runs: list[RunResult]) -> tuple[list[str], list[list[Any]]]:
     """Header and rows (raw values) of the comparison, ranked."""
     keys = differing_keys(runs)
-    header = ["run", *keys, *RESULT_COLUMNS]
+    v2 = squad_v2_columns(runs)
+    header = ["run", *keys, *RESULT_COLUMNS, *v2]
     rows = [
-        [run.label, *(run.overrides.get(k, "") for k in keys), *run.results().values()]
+        [
+            run.label,
+            *(run.overrides.get(k, "") for k in keys),
+            *run.results().values(),
+            *squad_v2_values(run, v2),
+        ]
         for run in rank(runs)
     ]
     return header, rows
+
+
+# --- SQuAD v2.0 columns (runs with unanswerable questions) ------------------------------
+
+# column -> metrics.jsonl key of the best epoch
+SQUAD_V2_COLUMNS = {
+    "HasAns F1": "HasAns_f1",
+    "NoAns EM": "NoAns_exact",
+    "v2 best F1": "best_f1",
+    "null thresh": "best_f1_thresh",
+}
+
+
+def squad_v2_columns(runs: list[RunResult]) -> list[str]:
+    """The SQuAD v2.0 columns, when any run recorded v2.0 metrics (else none)."""
+    recorded = any("best_f1_thresh" in epoch for run in runs for epoch in run.epochs)
+    return list(SQUAD_V2_COLUMNS) if recorded else []
+
+
+def squad_v2_values(run: RunResult, columns: list[str]) -> list[Any]:
+    """The run's best epoch's values for `columns` (None where it has none)."""
+    best = run.best or {}
+    return [best.get(SQUAD_V2_COLUMNS[c]) for c in columns]
 
 
 NO_NOISE_ESTIMATE = (

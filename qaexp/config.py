@@ -26,8 +26,9 @@ ANSWER_BATCH_SIZE = 32  # windows per forward pass when answering questions
 
 
 class DataSource(str, Enum):
-    hub = "hub"
-    json = "json"
+    hub = "hub"  # any Hub dataset in the squad shape (data.hub_id, data.columns.*)
+    json = "json"  # official nested SQuAD JSON files (v1.1 or v2.0)
+    files = "files"  # flat records: JSON Lines, CSV or Parquet (by extension)
     synthetic = "synthetic"
 
 
@@ -99,6 +100,25 @@ class SyntheticConfig:
     eval_size: int = 400
     seed: int = 0
     long_context_fraction: float = 0.1
+    unanswerable_fraction: float = 0.0  # share of questions the paragraph cannot answer
+
+
+@dataclass
+class ColumnsConfig:
+    """Column names of flat records (data=files, Hub datasets), mapped to the squad schema.
+
+    Answers are one nested column (`answers` with `text` and `answer_start` lists), or two flat
+    columns when `answer_text` and `answer_start` are set (a value or a list per row; an empty
+    text means the question has no answer). A missing `id` or `title` column is filled in
+    (row numbers, empty titles)."""
+
+    id: str = "id"
+    title: str = "title"
+    context: str = "context"
+    question: str = "question"
+    answers: str = "answers"
+    answer_text: str | None = None
+    answer_start: str | None = None
 
 
 @dataclass
@@ -110,6 +130,10 @@ class DataConfig:
     validation_split: str = "validation"
     train_file: str | None = None
     validation_file: str | None = None
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    # SQuAD v2.0 questions without an answer: null detects them from the data (empty answer
+    # lists, is_impossible); true turns v2.0 scoring on; false refuses data that has them.
+    allow_unanswerable: bool | None = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     max_train_samples: int | None = None  # the first N examples, as HF's scripts do
     max_eval_samples: int | None = None
@@ -202,6 +226,8 @@ class QAExpConfig:
     stride: int = STRIDE
     n_best: int = N_BEST
     max_answer_length: int = MAX_ANSWER_LENGTH
+    # SQuAD v2.0: answer "" when null score - best span score exceeds this (run_qa.py's name)
+    null_score_diff_threshold: float = 0.0
     seed: int = 42
 
 

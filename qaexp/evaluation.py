@@ -14,8 +14,25 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from qaexp.batching import WINDOW_INDEX
-from qaexp.metrics import squad_metrics
-from qaexp.postprocess import postprocess_predictions
+from qaexp.metrics import squad_metrics, squad_v2_metrics
+from qaexp.postprocess import postprocess_predictions, postprocess_predictions_v2
+
+# The SQuAD v2.0 metrics a run records beside exact_match/f1 (the official script's keys).
+# A key whose subset is empty (no answerable or no unanswerable question) is recorded as null.
+SQUAD_V2_KEYS = (
+    "exact",
+    "total",
+    "HasAns_exact",
+    "HasAns_f1",
+    "HasAns_total",
+    "NoAns_exact",
+    "NoAns_f1",
+    "NoAns_total",
+    "best_exact",
+    "best_exact_thresh",
+    "best_f1",
+    "best_f1_thresh",
+)
 
 
 @dataclass
@@ -25,6 +42,19 @@ class EvalResult:
     predictions: dict[str, str]
     seconds: float
     windows_per_second: float
+    # SQuAD v2.0 only: every SQUAD_V2_KEYS value, and id -> null odds (the na-prob file)
+    squad_v2: dict[str, float | None] | None = None
+    null_odds: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class AnswerSearch:
+    """How logits become answers: the n-best search, and SQuAD v2.0's "no answer" rule."""
+
+    n_best: int
+    max_answer_length: int
+    unanswerable: bool = False
+    null_score_diff_threshold: float = 0.0
 
 
 def collect_logits(
@@ -90,21 +120,46 @@ def evaluate(
     features: datasets.Dataset,
     references: dict[str, list[str]],
     width: int,
-    n_best: int,
-    max_answer_length: int,
+    search: AnswerSearch,
 ) -> EvalResult:
-    """EM/F1 of the model on the examples (SQuAD v1.1 metric over all gold answers)."""
+    """EM/F1 of the model on the examples: the SQuAD v1.1 metric over all gold answers, or
+    with `search.unanswerable` the SQuAD v2.0 metrics (exact_match/f1 are then v2.0's
+    exact/f1 over all questions)."""
     began = time.perf_counter()
     start, end = collect_logits(model, loader, len(features), width, accelerator)
-    predictions = postprocess_predictions(
-        examples, features, start, end, n_best=n_best, max_answer_length=max_answer_length
+    result = score_logits(examples, features, start, end, references, search)
+    result.seconds = time.perf_counter() - began
+    result.windows_per_second = len(features) / result.seconds if result.seconds else float("nan")
+    return result
+
+
+def score_logits(
+    examples: datasets.Dataset,
+    features: datasets.Dataset,
+    start: np.ndarray,
+    end: np.ndarray,
+    references: dict[str, list[str]],
+    search: AnswerSearch,
+) -> EvalResult:
+    """Answers and scores from window logits (timings left at 0)."""
+    if not search.unanswerable:
+        predictions = postprocess_predictions(
+            examples, features, start, end, search.n_best, search.max_answer_length
+        )
+        scores = squad_metrics(predictions, references)
+        return EvalResult(scores["exact_match"], scores["f1"], predictions, 0.0, 0.0)
+    predictions, null_odds = postprocess_predictions_v2(
+        examples,
+        features,
+        start,
+        end,
+        search.n_best,
+        search.max_answer_length,
+        search.null_score_diff_threshold,
     )
-    scores = squad_metrics(predictions, references)
-    seconds = time.perf_counter() - began
-    return EvalResult(
-        exact_match=scores["exact_match"],
-        f1=scores["f1"],
-        predictions=predictions,
-        seconds=seconds,
-        windows_per_second=len(features) / seconds if seconds else float("nan"),
-    )
+    # The official script counts odds above --na-prob-thresh (1.0 by default) as "no answer":
+    # a threshold above 1.0 is passed on, so the numbers are those of the predictions written.
+    na_prob_thresh = max(1.0, search.null_score_diff_threshold)
+    scores = squad_v2_metrics(predictions, references, null_odds, na_prob_thresh)
+    squad_v2 = {key: scores.get(key) for key in SQUAD_V2_KEYS}
+    return EvalResult(scores["exact"], scores["f1"], predictions, 0.0, 0.0, squad_v2, null_odds)

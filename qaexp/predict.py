@@ -8,7 +8,13 @@ question of a JSON list or JSON-lines file of ``{"id"?, "question", "context"}``
 of an official SQuAD JSON file, in batches, and writes ``{id: answer}`` (the official SQuAD
 prediction format) to ``output`` (default: ``<input>.predictions.json`` next to the input);
 with ``top_k`` > 1 also the ranked answers with scores and spans to ``<output>.nbest.json``.
-When the file holds gold answers (SQuAD JSON), the log adds EM/F1 against them.
+When the file holds gold answers (SQuAD JSON), the log adds EM/F1 against them (SQuAD v2.0
+exact/f1 when some questions have none).
+
+A checkpoint trained with unanswerable questions (SQuAD v2.0) answers "" ("no answer") when
+its null score beats the best span by more than the threshold recorded with it
+(``null_threshold.json``); ``handle_impossible_answer=true|false`` and
+``null_score_diff_threshold=X`` override that.
 
 Arguments are ``key=value`` words, read verbatim: a question or context may hold commas,
 colons, quotes or ``$``, which a Hydra override would try to parse. Bad input gets one
@@ -20,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import get_type_hints
@@ -29,7 +36,7 @@ import datasets
 from qaexp.config import ANSWER_BATCH_SIZE, MAX_ANSWER_LENGTH, MAX_LENGTH, N_BEST, STRIDE
 from qaexp.data import load_squad_json, question_record
 from qaexp.errors import QAExpError
-from qaexp.metrics import squad_metrics
+from qaexp.metrics import squad_metrics, squad_v2_metrics
 from qaexp.tracking.rundir import write_json_atomic
 
 log = logging.getLogger("qaexp.predict")
@@ -39,7 +46,8 @@ USAGE = (
     "(question=TEXT context=TEXT | input=FILE [output=FILE]) "
     f"[top_k=1] [max_length={MAX_LENGTH}] [stride={STRIDE}] "
     f"[max_answer_length={MAX_ANSWER_LENGTH}] [n_best={N_BEST}] "
-    f"[batch_size={ANSWER_BATCH_SIZE}] [device=auto]"
+    f"[batch_size={ANSWER_BATCH_SIZE}] [device=auto] [handle_impossible_answer=auto] "
+    "[null_score_diff_threshold=X]"
 )
 
 
@@ -57,6 +65,9 @@ class PredictConfig:
     n_best: int = N_BEST
     batch_size: int = ANSWER_BATCH_SIZE
     device: str = "auto"  # auto (GPU when there is one), cpu, cuda, cuda:N
+    # SQuAD v2.0: auto = on when the checkpoint recorded a null threshold; true; false
+    handle_impossible_answer: str = "auto"
+    null_score_diff_threshold: float | None = None  # None: the checkpoint's recorded one
 
 
 def parse_args(argv: list[str]) -> PredictConfig:
@@ -73,9 +84,16 @@ def parse_args(argv: list[str]) -> PredictConfig:
                 values[key] = int(value)
             except ValueError:
                 raise QAExpError(f"{key}={value}: must be an integer.") from None
+        elif key == "null_score_diff_threshold":
+            values[key] = _finite_float(key, value)
         else:
             values[key] = value
     cfg = PredictConfig(**values)
+    if cfg.handle_impossible_answer not in IMPOSSIBLE_CHOICES:
+        raise QAExpError(
+            f"handle_impossible_answer={cfg.handle_impossible_answer}: must be one of "
+            f"{', '.join(IMPOSSIBLE_CHOICES)}."
+        )
     if not cfg.checkpoint:
         raise QAExpError(f"checkpoint=PATH is required. {USAGE}")
     single = cfg.question is not None or cfg.context is not None
@@ -84,6 +102,19 @@ def parse_args(argv: list[str]) -> PredictConfig:
     if single and (cfg.question is None or cfg.context is None):
         raise QAExpError("question= needs a context= to answer from, and context= a question=.")
     return cfg
+
+
+IMPOSSIBLE_CHOICES = {"auto": None, "true": True, "false": False}
+
+
+def _finite_float(key: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not math.isfinite(number):
+        raise QAExpError(f"{key}={value}: must be a finite number.")
+    return number
 
 
 def _is_squad_json(document: object) -> bool:
@@ -192,16 +223,26 @@ def answer_file(qa, examples: datasets.Dataset, cfg: PredictConfig) -> Path:
         write_json_atomic(nbest, ranked)
         log.info("Wrote the %d best answers of each question to %s", cfg.top_k, nbest)
     if "answers" in examples.column_names:
-        golds = {r["id"]: r["answers"]["text"] for r in examples if r["answers"]["text"]}
-        if golds:
-            scores = squad_metrics(predictions, golds)
-            log.info(
-                "Against the file's answers (%d questions): EM %.2f F1 %.2f",
-                len(golds),
-                scores["exact_match"],
-                scores["f1"],
-            )
+        log_scores(predictions, {r["id"]: r["answers"]["text"] for r in examples})
     return output
+
+
+def log_scores(predictions: dict[str, str], references: dict[str, list[str]]) -> None:
+    """EM/F1 against the file's gold answers: SQuAD v2.0 exact/f1 over every question when
+    some have no answer, else SQuAD v1.1 over the questions with answers."""
+    if any(not golds for golds in references.values()):
+        scores = squad_v2_metrics(predictions, references)
+        exact, f1, name = scores["exact"], scores["f1"], "SQuAD v2.0"
+    else:
+        scores = squad_metrics(predictions, references)
+        exact, f1, name = scores["exact_match"], scores["f1"], "SQuAD v1.1"
+    log.info(
+        "Against the file's answers (%d questions): EM %.2f F1 %.2f (%s)",
+        len(references),
+        exact,
+        f1,
+        name,
+    )
 
 
 def run(cfg: PredictConfig) -> None:
@@ -218,6 +259,8 @@ def run(cfg: PredictConfig) -> None:
         max_answer_len=cfg.max_answer_length,
         n_best=cfg.n_best,
         batch_size=cfg.batch_size,
+        handle_impossible_answer=IMPOSSIBLE_CHOICES[cfg.handle_impossible_answer],
+        null_score_diff_threshold=cfg.null_score_diff_threshold,
     )
     if examples is not None:
         answer_file(qa, examples, cfg)

@@ -23,14 +23,18 @@ def question_record(item: object, where: str) -> dict[str, str]:
     return {"question": item["question"], "context": item["context"]}
 
 
-def _answer_problems(examples: datasets.Dataset) -> tuple[list[int], list[int]]:
-    """Rows without any answer, and rows with an answer whose answer_start does not point at
-    its text in the context."""
+def _answer_problems(
+    examples: datasets.Dataset, allow_unanswerable: bool = False
+) -> tuple[list[int], list[int]]:
+    """Rows without any answer (none when unanswerable questions are allowed), and rows with
+    an answer whose answer_start does not point at its text in the context."""
     contexts = examples["context"]
     answers = examples["answers"]
     missing, misplaced = [], []
     for row, (context, answer) in enumerate(zip(contexts, answers, strict=True)):
         texts, starts = answer["text"], answer["answer_start"]
+        if allow_unanswerable and not texts and not starts:
+            continue
         if not texts or len(texts) != len(starts):
             missing.append(row)
         elif any(context[s : s + len(t)] != t for t, s in zip(texts, starts, strict=True)):
@@ -47,9 +51,12 @@ def _duplicate_ids(examples: datasets.Dataset) -> list[str]:
     return repeated
 
 
-def check_examples(raw: datasets.DatasetDict) -> tuple[datasets.DatasetDict, dict[str, int]]:
+def check_examples(
+    raw: datasets.DatasetDict, allow_unanswerable: bool = False
+) -> tuple[datasets.DatasetDict, dict[str, int]]:
     """Refuse duplicate ids and empty splits; leave training examples with a missing or
-    misplaced answer out of training (counted and reported, never trained on)."""
+    misplaced answer out of training (counted and reported, never trained on). With
+    `allow_unanswerable` (SQuAD v2.0) a question without answers is kept, not missing."""
     report: dict[str, int] = {}
     for split, examples in raw.items():
         if len(examples) == 0:
@@ -60,7 +67,7 @@ def check_examples(raw: datasets.DatasetDict) -> tuple[datasets.DatasetDict, dic
                 f"The {split} split has {len(repeated)} duplicate question id(s) (first: "
                 f"{repeated[0]!r}); every question needs its own id for predictions and scores."
             )
-        missing, misplaced = _answer_problems(examples)
+        missing, misplaced = _answer_problems(examples, allow_unanswerable)
         report[f"{split}_without_answer"] = len(missing)
         report[f"{split}_misplaced_answers"] = len(misplaced)
         if split == "train" and (missing or misplaced):

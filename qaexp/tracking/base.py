@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qaexp.evaluation import SQUAD_V2_KEYS
+
 # metrics.jsonl key -> tracker key, for the per-epoch record.
 EPOCH_METRICS = {
     "exact_match": "eval/exact_match",
@@ -18,6 +20,8 @@ EPOCH_METRICS = {
     "train_seconds": "epoch/train_seconds",
     "train_windows_per_second": "epoch/train_windows_per_second",
     "train_tokens_per_second": "epoch/train_tokens_per_second",
+    # SQuAD v2.0 runs only (HasAns_f1, NoAns_exact, best_f1, best_f1_thresh, ...)
+    **{key: f"eval/{key}" for key in SQUAD_V2_KEYS if key != "exact"},
 }
 # summary.json keys a tracker's run summary carries (config and versions are logged elsewhere).
 SUMMARY_KEYS = (
@@ -34,6 +38,7 @@ SUMMARY_KEYS = (
     "eval_windows",
     "train_seconds",
     "wall_seconds",
+    "null_score_diff_threshold",  # SQuAD v2.0: the threshold saved with the checkpoint
 )
 
 
@@ -65,5 +70,9 @@ def epoch_metrics(record: dict) -> dict[str, float]:
 
 
 def summary_metrics(summary: dict) -> dict:
-    """The summary.json values a dashboard shows for a finished run."""
-    return {key: summary[key] for key in SUMMARY_KEYS if summary.get(key) is not None}
+    """The summary.json values a dashboard shows for a finished run (SQuAD v2.0 runs add the
+    best epoch's v2.0 metrics as `squad_v2/KEY`)."""
+    values = {key: summary[key] for key in SUMMARY_KEYS if summary.get(key) is not None}
+    v2 = summary.get("squad_v2") or {}
+    values.update({f"squad_v2/{k}": v for k, v in v2.items() if v is not None})
+    return values

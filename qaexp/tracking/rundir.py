@@ -21,10 +21,13 @@ from typing import Any
 from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from qaexp.evaluation import EvalResult
+from qaexp.evaluation import SQUAD_V2_KEYS, EvalResult
 
 METRICS_FILE = "metrics.jsonl"
 PREDICTIONS_FILE = "predictions.json"
+NULL_ODDS_FILE = "null_odds.json"  # SQuAD v2.0: id -> null odds, the official na-prob file
+# SQuAD v2.0: the checkpoint's "no answer" threshold, read by qaexp.pipeline and predict.
+NULL_THRESHOLD_FILE = "null_threshold.json"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoint"
 # Set by the parallel sweep launcher (hydra/launcher=parallel): the job's devices, as JSON.
@@ -87,6 +90,29 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False))
+
+
+def null_threshold_record(record: dict) -> dict | None:
+    """What checkpoint/null_threshold.json holds for an epoch's metrics record (SQuAD v2.0):
+    the threshold that reached best_f1 on the evaluation set; None for v1.1 runs."""
+    if record.get("best_f1_thresh") is None:
+        return None
+    return {
+        "null_score_diff_threshold": record["best_f1_thresh"],
+        "chosen_by": "best_f1_thresh: the threshold on the null odds that reached best_f1 on "
+        "the evaluation set",
+        "epoch": record["epoch"],
+        "best_f1": record["best_f1"],
+        "f1": record["f1"],
+    }
+
+
+def read_null_threshold(checkpoint: Path) -> float | None:
+    """The null_score_diff_threshold recorded with a checkpoint, or None (none recorded)."""
+    path = Path(checkpoint) / NULL_THRESHOLD_FILE
+    if not path.is_file():
+        return None
+    return float(json.loads(path.read_text())["null_score_diff_threshold"])
 
 
 def upgrade_record(record: dict) -> dict:
@@ -215,17 +241,27 @@ class RunRecorder:
             "eval_seconds": result.seconds,
             "eval_windows_per_second": result.windows_per_second,
         }
+        if result.squad_v2 is not None:
+            record.update(result.squad_v2)
         improved = self.best is None or record["f1"] > self.best["f1"]
         self.history.append(record)
         if save_checkpoint and improved:
-            self.save_checkpoint(model, tokenizer)
+            self.save_checkpoint(model, tokenizer, null_threshold_record(record))
         if self.is_main:
             write_json_atomic(self.run_dir / PREDICTIONS_FILE, result.predictions)
+            if result.null_odds is not None:
+                write_json_atomic(self.run_dir / NULL_ODDS_FILE, result.null_odds)
             append_jsonl(self.run_dir / METRICS_FILE, record)
         return record
 
-    def save_checkpoint(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-        """model + tokenizer as a plain save_pretrained folder, swapped in whole."""
+    def save_checkpoint(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        null_threshold: dict | None = None,
+    ) -> None:
+        """model + tokenizer as a plain save_pretrained folder (with the SQuAD v2.0 null
+        threshold when given), swapped in whole."""
         self.accelerator.wait_for_everyone()
         if self.is_main:
             staged = self.run_dir / f".{CHECKPOINT_DIR}.tmp"
@@ -235,6 +271,8 @@ class RunRecorder:
                 staged, save_function=self.accelerator.save
             )
             tokenizer.save_pretrained(staged)
+            if null_threshold is not None:
+                write_json_atomic(staged / NULL_THRESHOLD_FILE, null_threshold)
             replace_dir_atomic(staged, self.run_dir / CHECKPOINT_DIR)
         self.accelerator.wait_for_everyone()
 
@@ -258,7 +296,20 @@ class RunRecorder:
             "versions": package_versions(),
             "git_commit": git_commit(),
             "config": self.config,
+            **squad_v2_summary(best),
         }
         if self.is_main:
             write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
         return summary
+
+
+def squad_v2_summary(best: dict | None) -> dict:
+    """summary.json's SQuAD v2.0 part: the best epoch's v2.0 metrics under `squad_v2` (the
+    summary's own best_f1 is the best epoch's F1) and the threshold saved with its
+    checkpoint; nothing for v1.1 runs."""
+    if best is None or "best_f1_thresh" not in best:
+        return {}
+    return {
+        "squad_v2": {key: best.get(key) for key in ("f1", *SQUAD_V2_KEYS)},
+        "null_score_diff_threshold": best.get("best_f1_thresh"),
+    }

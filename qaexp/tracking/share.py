@@ -133,6 +133,8 @@ def _dataset_description(cfg: QAExpConfig) -> tuple[str, str | None]:
         return f"{data.hub_id} ({data.validation_split} split)", data.hub_id
     if data.source == DataSource.json:
         return f"the SQuAD JSON file {Path(data.validation_file or '').name}", None
+    if data.source == DataSource.files:
+        return f"the file {Path(data.validation_file or '').name}", None
     return "qaexp's synthetic reading-comprehension data", None
 
 
@@ -194,6 +196,30 @@ def _results_table(metrics: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def _null_threshold_section(summary: dict) -> str | None:
+    """SQuAD v2.0 runs: what "no answer" means for this checkpoint, and its threshold."""
+    v2 = summary.get("squad_v2")
+    if not v2:
+        return None
+
+    def pct(key: str) -> str:
+        return "n/a" if v2.get(key) is None else f"{v2[key]:.2f}"
+
+    return (
+        "## Unanswerable questions (SQuAD v2.0)\n\n"
+        'The model answers "" (no answer) when its null score (the CLS position\'s start + '
+        "end logits) beats the best span by more than `null_score_diff_threshold`. The "
+        "threshold recorded with these weights (`null_threshold.json`, used by "
+        "`qaexp.pipeline` and `python -m qaexp.predict`) is "
+        f"**{summary.get('null_score_diff_threshold')}**, the one that reached the best F1 on "
+        f"the evaluation data: best F1 {pct('best_f1')}, best exact {pct('best_exact')}. "
+        f"At the run's threshold: exact {pct('exact')}, F1 {pct('f1')}; answerable "
+        f"questions ({v2.get('HasAns_total')}) exact {pct('HasAns_exact')} / F1 "
+        f"{pct('HasAns_f1')}; unanswerable ({v2.get('NoAns_total')}) exact "
+        f"{pct('NoAns_exact')}."
+    )
+
+
 def _settings_table(cfg: QAExpConfig, summary: dict) -> str:
     t, o = cfg.trainer, cfg.optimizer
     settings = {
@@ -239,8 +265,10 @@ def model_card(cfg: QAExpConfig, summary: dict, metrics: list[dict], run_dir: Pa
         "the span of the context that answers the question. These weights are those of "
         f"epoch {best}, the best by F1 on the evaluation data.",
         "## Results",
-        f"SQuAD v1.1 exact match and F1 (percent) on {summary.get('eval_examples')} "
+        f"SQuAD {'v2.0' if summary.get('squad_v2') else 'v1.1'} exact match and F1 (percent) "
+        f"on {summary.get('eval_examples')} "
         f"evaluation questions after every epoch:\n\n{_results_table(metrics)}",
+        _null_threshold_section(summary),
         "## Use it",
         "```python\nimport qaexp\n\n"
         f'qa = qaexp.pipeline("{location}")\n'

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from qaexp.config import QAExpConfig, as_dict
 from qaexp.errors import RunInterrupted
-from qaexp.evaluation import evaluate
+from qaexp.evaluation import AnswerSearch, evaluate
 from qaexp.tracking import RunLabels, Tracker, make_trackers
 from qaexp.tracking.rundir import EpochStats, RunRecorder
 from qaexp.training.setup import RunData
@@ -84,8 +84,7 @@ class RecordedRun:
             data.eval_windows,
             data.references,
             width=cfg.max_length,
-            n_best=cfg.n_best,
-            max_answer_length=cfg.max_answer_length,
+            search=answer_search(cfg, data.unanswerable),
         )
         log.info(
             "epoch %d: loss %.4f  EM %.2f  F1 %.2f  (train %.0fs, %.1f windows/s; eval %.1fs)",
@@ -97,12 +96,42 @@ class RecordedRun:
             stats.windows / max(stats.seconds, 1e-9),
             result.seconds,
         )
+        if result.squad_v2 is not None:
+            log_squad_v2(epoch, result.squad_v2)
         record = self.recorder.record_epoch(
             epoch, step, stats, result, model, data.tokenizer, cfg.trainer.save_checkpoint
         )
         for tracker in self.trackers:
             tracker.log_epoch(epoch, step, record)
         return record
+
+
+def answer_search(cfg: QAExpConfig, unanswerable: bool) -> AnswerSearch:
+    """The run's answer-search settings (SQuAD v2.0's null rule when `unanswerable`)."""
+    return AnswerSearch(
+        n_best=cfg.n_best,
+        max_answer_length=cfg.max_answer_length,
+        unanswerable=unanswerable,
+        null_score_diff_threshold=cfg.null_score_diff_threshold,
+    )
+
+
+def log_squad_v2(epoch: int, scores: dict) -> None:
+    """One line of the SQuAD v2.0 parts: answerable, unanswerable, best threshold."""
+
+    def pct(key: str) -> str:
+        return "n/a" if scores.get(key) is None else f"{scores[key]:.2f}"
+
+    log.info(
+        "epoch %d (SQuAD v2.0): HasAns EM %s F1 %s  NoAns EM %s  best F1 %s at "
+        "null_score_diff_threshold %s",
+        epoch,
+        pct("HasAns_exact"),
+        pct("HasAns_f1"),
+        pct("NoAns_exact"),
+        pct("best_f1"),
+        "n/a" if scores.get("best_f1_thresh") is None else f"{scores['best_f1_thresh']:.4g}",
+    )
 
 
 @contextmanager

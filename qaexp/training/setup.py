@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from qaexp.batching import make_eval_loader
 from qaexp.checks import validate_settings, validate_windows
 from qaexp.config import ModelInit, QAExpConfig
-from qaexp.data import SPLITS, check_examples, load_raw_datasets
+from qaexp.data import SPLITS, check_answers, check_examples, load_raw_datasets
 from qaexp.features import build_features
 from qaexp.modeling import is_qa_checkpoint, load_tokenizer
 from qaexp.tracking.share import check_push_settings
@@ -36,6 +36,7 @@ class RunData:
     raw: datasets.DatasetDict
     train_windows: datasets.Dataset | None
     eval_windows: datasets.Dataset
+    unanswerable: bool = False  # SQuAD v2.0: questions without an answer are scored as such
 
     @property
     def counts(self) -> dict[str, int]:
@@ -66,14 +67,16 @@ def prepare_data(cfg: QAExpConfig) -> RunData:
     check_run_settings(cfg)
     tokenizer = load_tokenizer(cfg.model)
     splits = SPLITS if cfg.trainer.epochs else ("validation",)
-    raw, _ = check_examples(load_raw_datasets(cfg.data, splits))
+    raw = load_raw_datasets(cfg.data, splits)
+    unanswerable = check_answers(cfg.data, raw)
+    raw, _ = check_examples(raw, allow_unanswerable=unanswerable)
     validate_windows(cfg, tokenizer, raw)
     kwargs = {"max_length": cfg.max_length, "stride": cfg.stride, "num_proc": cfg.data.num_proc}
     train = (
         build_features(raw["train"], tokenizer, train=True, **kwargs) if "train" in raw else None
     )
     evaluation = build_features(raw["validation"], tokenizer, train=False, **kwargs)
-    return RunData(tokenizer, raw, train, evaluation)
+    return RunData(tokenizer, raw, train, evaluation, unanswerable)
 
 
 def prepare_data_once(cfg: QAExpConfig, main_first: AbstractContextManager) -> RunData:
