@@ -14,6 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from qaexp.config import QAExpConfig, register_configs
+from qaexp.console import quiet_libraries
 from qaexp.errors import QAExpError, RunInterrupted
 from qaexp.tracking import RunLabels
 from qaexp.tracking.rundir import SUMMARY_FILE, write_json_atomic
@@ -76,9 +77,15 @@ def run(cfg: DictConfig) -> float:
         summary["best_epoch"],
         summary["best_exact_match"] or 0.0,
         summary["best_f1"] or 0.0,
-        run_dir,
+        shown_path(run_dir),
     )
     return summary["best_f1"] or 0.0
+
+
+def shown_path(path: Path) -> str:
+    """`path` relative to the working folder when it lies below it (shorter on the console)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def discard_unfinished_run_dir(run_dir: Path) -> None:
@@ -144,6 +151,7 @@ def main() -> None:
 
     if external_world_size() > 1 and external_rank() != 0:
         sys.argv += OTHER_RANK_OVERRIDES
+    quiet_libraries()
     hydra_main()
 
 

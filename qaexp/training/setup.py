@@ -20,7 +20,7 @@ from qaexp.checks import validate_settings, validate_windows
 from qaexp.config import ModelInit, QAExpConfig
 from qaexp.data import SPLITS, check_examples, load_raw_datasets
 from qaexp.features import build_features
-from qaexp.modeling import is_qa_checkpoint, load_tokenizer
+from qaexp.modeling import describe_model, is_qa_checkpoint, load_tokenizer
 from qaexp.tracking.share import check_push_settings
 from qaexp.training.runtime import loader_options
 
@@ -107,5 +107,5 @@ def warn_if_qa_head_untrained(model: torch.nn.Module, cfg: QAExpConfig) -> None:
         log.warning(
             "%s was not saved as a question-answering model: its QA head is freshly "
             "initialised, so these scores are those of a random head.",
-            cfg.model.name_or_path,
+            describe_model(cfg.model),
         )
