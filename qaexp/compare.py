@@ -314,6 +314,26 @@ class SweepComparison(Callback):
         table = refresh_comparison(sweep_dir)
         if table is not None:
             log.info("Comparison (also in %s/comparison.md):\n%s", sweep_dir, table)
+        SWEEP_FAILURES[:] = failed_jobs(sweep_dir)
+        if SWEEP_FAILURES:
+            log.error(
+                "%d job(s) failed: %s; each job's paragraph is in its qaexp.log.",
+                len(SWEEP_FAILURES),
+                "; ".join(SWEEP_FAILURES),
+            )
+
+
+# The failed jobs of the last sweep this process ran (qaexp's entry point exits 2 on them).
+SWEEP_FAILURES: list[str] = []
+
+
+def failed_jobs(sweep_dir: Path) -> list[str]:
+    """`#N (overrides)` for each job of the sweep whose summary says it failed."""
+    return [
+        f"#{run.label} ({' '.join(f'{k}={v}' for k, v in run.overrides.items()) or 'defaults'})"
+        for run in load_runs([sweep_dir])
+        if run.status == "failed"
+    ]
 
 
 if __name__ == "__main__":

@@ -60,13 +60,20 @@ def check_run_settings(cfg: QAExpConfig) -> None:
     check_push_settings(cfg)  # a missing Hub token fails here, not after training
 
 
+def load_inputs(cfg: QAExpConfig) -> tuple[PreTrainedTokenizerBase, datasets.DatasetDict]:
+    """The settings checks, the tokenizer and the validated raw examples: every input a run
+    shares with the other jobs of a sweep over window or optimizer settings."""
+    check_run_settings(cfg)
+    splits = SPLITS if cfg.trainer.epochs else ("validation",)
+    tokenizer = load_tokenizer(cfg.model)
+    raw, _ = check_examples(load_raw_datasets(cfg.data, splits))
+    return tokenizer, raw
+
+
 def prepare_data(cfg: QAExpConfig) -> RunData:
     """Tokenizer, validated raw data and (cached) train/eval windows. Evaluate-only runs
     (trainer.epochs=0) neither load nor window the training split."""
-    check_run_settings(cfg)
-    tokenizer = load_tokenizer(cfg.model)
-    splits = SPLITS if cfg.trainer.epochs else ("validation",)
-    raw, _ = check_examples(load_raw_datasets(cfg.data, splits))
+    tokenizer, raw = load_inputs(cfg)
     validate_windows(cfg, tokenizer, raw)
     kwargs = {"max_length": cfg.max_length, "stride": cfg.stride, "num_proc": cfg.data.num_proc}
     train = (
