@@ -230,7 +230,11 @@ def write_comparison(runs: list[RunResult], out_dir: Path) -> str:
     csv_path, md_path, png_path = (out_dir / name for name in OUTPUT_FILES)
     _write_atomic(csv_path, lambda p: p.write_text(csv_text(csv_header, csv_rows)))
     _write_atomic(md_path, lambda p: p.write_text(intro + table + outro))
-    _write_atomic(png_path, lambda p: plot_comparison(rank(runs), groups, keys, p))
+    if any(run.epochs for run in runs):
+        _write_atomic(png_path, lambda p: plot_comparison(rank(runs), groups, keys, p))
+    else:  # an empty plot says nothing; a stale one would mislead
+        png_path.unlink(missing_ok=True)
+        log.info("No comparison plot: no run has recorded an epoch's metrics yet.")
     return table
 
 
@@ -328,10 +332,16 @@ SWEEP_FAILURES: list[str] = []
 
 
 def failed_jobs(sweep_dir: Path) -> list[str]:
-    """`#N (overrides)` for each job of the sweep whose summary says it failed."""
+    """`#N (settings)` for each job of the sweep whose summary says it failed, by the
+    settings that differ between the jobs."""
+    try:
+        runs = load_runs([sweep_dir])
+    except QAExpError:
+        return []  # no job wrote anything (the callback never fails a sweep)
+    keys = differing_keys(runs)
     return [
-        f"#{run.label} ({' '.join(f'{k}={v}' for k, v in run.overrides.items()) or 'defaults'})"
-        for run in load_runs([sweep_dir])
+        f"#{run.label} ({' '.join(f'{k}={run.overrides.get(k)}' for k in keys) or 'defaults'})"
+        for run in runs
         if run.status == "failed"
     ]
 
