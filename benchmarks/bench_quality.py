@@ -218,7 +218,7 @@ def qaexp_command(args, variant: str, seed: int, run_dir: Path) -> list[str]:
         f"optimizer.lr={args.lr}",
         f"optimizer.warmup_ratio={args.warmup_ratio}",
         f"optimizer.weight_decay={args.weight_decay}",
-        "trainer.save_checkpoint=false",
+        "trainer.save_checkpoint=none",
         "trainer.save_state=false",
         *hardware,
         *QAEXP_VARIANTS[variant],

@@ -13,7 +13,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from qaexp.cli import check_command_line
+from qaexp.compare import SWEEP_FAILURES
 from qaexp.config import QAExpConfig, register_configs
+from qaexp.console import quiet_libraries
 from qaexp.errors import QAExpError, RunInterrupted
 from qaexp.tracking import RunLabels
 from qaexp.tracking.rundir import SUMMARY_FILE, write_json_atomic
@@ -76,9 +79,15 @@ def run(cfg: DictConfig) -> float:
         summary["best_epoch"],
         summary["best_exact_match"] or 0.0,
         summary["best_f1"] or 0.0,
-        run_dir,
+        shown_path(run_dir),
     )
     return summary["best_f1"] or 0.0
+
+
+def shown_path(path: Path) -> str:
+    """`path` relative to the working folder when it lies below it (shorter on the console)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def discard_unfinished_run_dir(run_dir: Path) -> None:
@@ -87,6 +96,15 @@ def discard_unfinished_run_dir(run_dir: Path) -> None:
     hydra_owned = {".hydra", "qaexp.log"}
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_owned:
         shutil.rmtree(run_dir)
+        # The DATE folder (and outputs/runs, outputs) too when that run was all they held.
+        for parent in run_dir.resolve().parents:
+            if (
+                parent == Path.cwd()
+                or not parent.is_relative_to(Path.cwd())
+                or any(parent.iterdir())
+            ):
+                break
+            parent.rmdir()
 
 
 def report_interrupted(err: RunInterrupted) -> None:
@@ -127,11 +145,12 @@ def hydra_main(cfg: DictConfig) -> float:
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            # A sweep keeps the failed job's folder, marked failed, for the comparison;
-            # Hydra records the failure, runs the other jobs, and exits non-zero at the end.
+            # A sweep keeps the failed job's folder, marked failed, for the comparison; the
+            # other jobs run, the sweep's end names the failed ones and main() exits 2. An
+            # Optuna sweep counts the NaN as a failed trial.
             if not (run_dir / SUMMARY_FILE).exists():
                 write_json_atomic(run_dir / SUMMARY_FILE, {"status": "failed", "error": str(err)})
-            raise
+            return float("nan")  # no traceback; the sweep goes on and names it at its end
         discard_unfinished_run_dir(run_dir)
         sys.exit(2)
 
@@ -144,7 +163,16 @@ def main() -> None:
 
     if external_world_size() > 1 and external_rank() != 0:
         sys.argv += OTHER_RANK_OVERRIDES
+    quiet_libraries()
+    try:
+        check_command_line(sys.argv[1:], config_dir())
+    except QAExpError as err:
+        print(err, file=sys.stderr)  # before Hydra: no logging configured yet
+        sys.exit(2)
+    SWEEP_FAILURES.clear()
     hydra_main()
+    if SWEEP_FAILURES:
+        sys.exit(2)  # the sweep's end named the failed jobs
 
 
 if __name__ == "__main__":

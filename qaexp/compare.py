@@ -249,8 +249,12 @@ def write_comparison(runs: list[RunResult], out_dir: Path) -> str:
     csv_path, md_path, png_path = (out_dir / name for name in OUTPUT_FILES)
     write_text_atomic(csv_path, csv_text(csv_header, csv_rows))
     write_text_atomic(md_path, intro + table + outro)
-    with replaced_atomically(png_path) as tmp:
-        plot_comparison(rank(runs), groups, keys, tmp)
+    if any(run.epochs for run in runs):
+        with replaced_atomically(png_path) as tmp:
+            plot_comparison(rank(runs), groups, keys, tmp)
+    else:  # an empty plot says nothing; a stale one would mislead
+        png_path.unlink(missing_ok=True)
+        log.info("No comparison plot: no run has recorded an epoch's metrics yet.")
     return table
 
 
@@ -334,6 +338,32 @@ class SweepComparison(Callback):
         table = refresh_comparison(sweep_dir)
         if table is not None:
             log.info("Comparison (also in %s/comparison.md):\n%s", sweep_dir, table)
+        SWEEP_FAILURES[:] = failed_jobs(sweep_dir)
+        if SWEEP_FAILURES:
+            log.error(
+                "%d job(s) failed: %s; each job's paragraph is in its qaexp.log.",
+                len(SWEEP_FAILURES),
+                "; ".join(SWEEP_FAILURES),
+            )
+
+
+# The failed jobs of the last sweep this process ran (qaexp's entry point exits 2 on them).
+SWEEP_FAILURES: list[str] = []
+
+
+def failed_jobs(sweep_dir: Path) -> list[str]:
+    """`#N (settings)` for each job of the sweep whose summary says it failed, by the
+    settings that differ between the jobs."""
+    try:
+        runs = load_runs([sweep_dir])
+    except QAExpError:
+        return []  # no job wrote anything (the callback never fails a sweep)
+    keys = differing_keys(runs)
+    return [
+        f"#{run.label} ({' '.join(f'{k}={run.overrides.get(k)}' for k in keys) or 'defaults'})"
+        for run in runs
+        if run.status == "failed"
+    ]
 
 
 if __name__ == "__main__":

@@ -21,11 +21,14 @@ MAX_LABELLED_RUNS = 10  # more lines than this: the rest are drawn grey, without
 MAX_PARAMETER_PANELS = 5  # the Optuna space has 5 dimensions
 
 
-def run_label(run: RunResult, keys: list[str]) -> str:
-    """`3: max_length=256, stride=64` (the run folder, then its differing overrides)."""
+def run_label(run: RunResult, keys: list[str], position: int | None = None) -> str:
+    """`3: max_length=256, stride=64` (the run folder, then its differing overrides); runs
+    that differ in no override and share a folder name get their rank (`output (#2)`)."""
     parts = [f"{k}={short_value(run.overrides[k])}" for k in keys if k in run.overrides]
     suffix = "" if run.completed else f" [{run.status}]"
-    return f"{run.label}: {', '.join(parts)}{suffix}" if parts else f"{run.label}{suffix}"
+    if parts:
+        return f"{run.label}: {', '.join(parts)}{suffix}"
+    return f"{run.label}{f' (#{position})' if position else ''}{suffix}"
 
 
 def run_colors(runs: list[RunResult]) -> dict[str, str]:
@@ -37,13 +40,20 @@ def run_colors(runs: list[RunResult]) -> dict[str, str]:
 def plot_f1_per_epoch(ax: Axes, runs: list[RunResult], keys: list[str]) -> None:
     """One line per run (runs ranked best first); runs that did not complete are dashed."""
     colors = run_colors(runs)
+    names = [run.label for run in runs]
     for i, run in enumerate(runs):
+        position = i + 1 if names.count(run.label) > 1 else None
         epochs = [e["epoch"] for e in run.epochs]
         f1 = [e["f1"] for e in run.epochs]
         style = "-" if run.completed else "--"
         if i < MAX_LABELLED_RUNS:
             ax.plot(
-                epochs, f1, style, marker="o", color=colors[run.label], label=run_label(run, keys)
+                epochs,
+                f1,
+                style,
+                marker="o",
+                color=colors[run.label],
+                label=run_label(run, keys, position),
             )
         elif epochs:
             ax.plot(epochs, f1, style, color=colors[run.label], linewidth=0.8, zorder=0)
@@ -90,7 +100,9 @@ def plot_best_f1_by(
         if distinct and distinct[0] > 0 and distinct[-1] / distinct[0] >= 10:
             ax.set_xscale("log")
         if len(distinct) <= 6:
-            ax.set_xticks(distinct, [f"{x:g}" for x in distinct])
+            # slanted: neighbouring values on a log axis (3e-05, 5e-05) would overlap
+            ax.set_xticks(distinct, [f"{x:g}" for x in distinct], rotation=30)
+            ax.minorticks_off()
     by_x: dict[float, list[float]] = defaultdict(list)
     for x, f1 in zip(xs, best, strict=True):
         by_x[x].append(f1)
@@ -134,7 +146,8 @@ def plot_group_f1_per_epoch(ax: Axes, groups: list[RunGroup], keys: list[str]) -
         mean = [s.mean for s in per_epoch.values()]
         sd = [s.sd or 0.0 for s in per_epoch.values()]
         parts = [f"{k}={short_value(group.setting[k])}" for k in keys if k in group.setting]
-        label = f"{', '.join(parts) or group.label} (n={len(group.done)})"
+        # Runs that differ in no override: the same setting, not a list of folder paths.
+        label = f"{', '.join(parts) or 'same overrides'} (n={len(group.done)})"
         ax.plot(epochs, mean, "-", marker="o", color=f"C{i}", label=label)
         ax.fill_between(
             epochs,
@@ -178,6 +191,6 @@ def plot_comparison(
         if ax.get_legend_handles_labels()[0] and not any(a.get_legend() for a in fig.axes[1:]):
             ax.legend(fontsize=8, frameon=False)
     completed = sum(r.completed for r in runs)
-    settings = f", {len(groups)} settings" if replicated else ""
+    settings = f", {len(groups)} setting{'s' if len(groups) != 1 else ''}" if replicated else ""
     fig.suptitle(f"{len(runs)} runs ({completed} completed){settings}")
     fig.savefig(path, format="png", dpi=110)

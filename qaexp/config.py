@@ -77,6 +77,14 @@ class TrainerEngine(str, Enum):
     hf = "hf"  # transformers.Trainer + TrainingArguments (qaexp/engine_hf.py)
 
 
+class CheckpointPolicy(str, Enum):
+    """Which weights a run keeps in checkpoint/ (trainer.save_checkpoint)."""
+
+    best = "best"  # the epoch with the best F1
+    last = "last"  # the latest epoch
+    none = "none"  # no weights (metrics and predictions only)
+
+
 class MixedPrecision(str, Enum):
     auto = "auto"  # bf16 on GPUs that support it, else fp16; "no" on CPU
     no = "no"
@@ -183,8 +191,13 @@ class TrainerConfig:
     compile_dynamic: bool | None = None
     compile_backend: str = "inductor"  # torch.compile's backend ("eager" to debug tracing)
     log_every_n_steps: int = 20
-    save_checkpoint: bool = True  # model + tokenizer of the best epoch in checkpoint/
+    # Model + tokenizer in checkpoint/: best (by F1), last or none. An evaluate-only run
+    # (epochs=0) copies the weights it loaded only with `last` (or to push them: hub.push).
+    save_checkpoint: CheckpointPolicy = CheckpointPolicy.best
     save_state: bool = True  # full training state after every epoch in state/ (for resume)
+    # A completed run drops state/ (optimizer moments and RNG: 3x the model's size); an
+    # interrupted or failed one keeps it for trainer.resume. true keeps it after completion.
+    keep_state: bool = False
     resume: bool = False  # continue this run directory's saved state
     resume_from: str | None = None  # continue from another run directory or state folder
 

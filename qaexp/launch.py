@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from qaexp.config import HardwareConfig, QAExpConfig, as_dict, from_dict
+from qaexp.console import ConsoleFilter, quiet_libraries
 from qaexp.tracking import RunLabels
 from qaexp.training import train
 from qaexp.training.runtime import resolve_device
@@ -143,7 +144,10 @@ def requested_processes(cfg: HardwareConfig) -> int:
 def _worker(config: dict, run_dir: str, labels: RunLabels | None) -> dict:
     """Entry point of one worker: rebuild the typed config and train (no Hydra here)."""
     rank = int(os.environ.get("RANK", "0"))
-    handlers = [logging.StreamHandler()]
+    quiet_libraries()
+    console = logging.StreamHandler()
+    console.addFilter(ConsoleFilter())
+    handlers = [console]
     if rank == 0:
         handlers.append(logging.FileHandler(Path(run_dir) / "qaexp.log"))
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True)

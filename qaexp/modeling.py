@@ -15,7 +15,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from qaexp.config import ModelConfig, ModelInit
+from qaexp.config import ModelConfig, ModelInit, embedded_model_path
 from qaexp.errors import QAExpError
 from qaexp.hub import ensure_hub_reachable
 
@@ -76,9 +76,37 @@ def load_model(cfg: ModelConfig) -> PreTrainedModel:
                 )
             setattr(config, key, value)
         return AutoModelForQuestionAnswering.from_config(config, **kwargs)
-    return _from_pretrained(
+    model = _from_pretrained(
         AutoModelForQuestionAnswering, cfg.name_or_path, "model.name_or_path", **kwargs
     )
+    if not is_qa_checkpoint(model):
+        # transformers' table of the new head's keys goes to qaexp.log (qaexp.console).
+        log.info("A fresh QA head was initialised (expected for a base checkpoint).")
+    return model
+
+
+EMBEDDED_MODEL_NAME = "MiniLM-L6-H384-uncased (embedded)"
+
+
+def describe_model(cfg: ModelConfig) -> str:
+    """The model as what it is, for logs and model cards, never an install path: a Hub id, the
+    embedded MiniLM's name, "random BertConfig(hidden 64, 2 layers)", or the last two parts
+    of a local checkpoint folder."""
+    name = cfg.name_or_path
+    if cfg.init == ModelInit.random:
+        config = _from_pretrained(AutoConfig, name, "model.name_or_path")
+        arch = {**config.to_dict(), **cfg.architecture}
+        size = f"hidden {arch.get('hidden_size', '?')}, {arch.get('num_hidden_layers', '?')} layers"
+        return f"random {type(config).__name__}({size})"
+    path = Path(name).expanduser()
+    if not path.exists():
+        return name  # a Hub id
+    try:
+        if path.resolve() == Path(embedded_model_path()).resolve():
+            return EMBEDDED_MODEL_NAME
+    except QAExpError:
+        pass  # the embedded model's package is not installed
+    return "local checkpoint " + "/".join(path.resolve().parts[-2:])
 
 
 def is_qa_checkpoint(model: PreTrainedModel) -> bool:

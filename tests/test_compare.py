@@ -251,3 +251,22 @@ def test_the_plot_module_does_not_import_the_comparison_module():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
     )
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_plot_is_skipped_when_no_run_has_metrics(tmp_path, caplog):
+    for i in range(3):
+        make_run(tmp_path / "sw" / str(i), [f"stride={64 * (i + 1)}"], [], status="failed")
+    with caplog.at_level("INFO"):
+        assert main([str(tmp_path / "sw")]) == 0
+    assert not (tmp_path / "sw" / "comparison.png").exists()
+    assert "No comparison plot" in caplog.text
+
+
+def test_plot_labels_say_what_differs():
+    from qaexp.compare_plot import run_label
+    from qaexp.compare_runs import RunResult
+
+    run = RunResult("3", {"stride": "64", "seed": "1"}, "completed", [])
+    assert run_label(run, ["stride"]) == "3: stride=64"
+    twin = RunResult("output", {}, "completed", [])
+    assert run_label(twin, [], position=2) == "output (#2)"

@@ -148,9 +148,10 @@ def test_evaluate_only_reproduces_the_best_epoch(engine, tiny_run, evaluations):
     assert summary["status"] == "completed" and summary["best_epoch"] == 0
     assert (summary["train_examples"], summary["train_windows"]) == (0, 0)  # never loaded
     assert summary["eval_windows"] == trained["eval_windows"]
-    assert (evaluated / "checkpoint" / "README.md").is_file()
+    assert not (evaluated / "checkpoint").exists()  # no second copy of the loaded weights
     log = (evaluated / "qaexp.log").read_text()
     assert "without training" in log
+    assert "evaluation: EM" in log and "loss nan" not in log and "windows/s" not in log
     assert "freshly initialised" not in log  # the checkpoint's trained QA head was loaded
 
 

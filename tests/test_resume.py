@@ -43,7 +43,8 @@ def weights(run_dir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("straight")
-    result = run_qaexp([*RESUME_RUN, "hydra.run.dir=run"], cwd=cwd)
+    # keep_state: test_resume_from_another_run_dir continues this completed run's state
+    result = run_qaexp([*RESUME_RUN, "hydra.run.dir=run", "trainer.keep_state=true"], cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd / "run"
 

@@ -64,7 +64,7 @@ def fake_hub(monkeypatch, hub_ready):
         (["hub.push=true"], "needs the repository to upload to: add hub.repo_id=NAME"),
         (["hub.push=true", "hub.repo_id=not a repo"], "is not a valid Hub repository id"),
         (
-            ["hub.push=true", f"hub.repo_id={REPO_ID}", "trainer.save_checkpoint=false"],
+            ["hub.push=true", f"hub.repo_id={REPO_ID}", "trainer.save_checkpoint=none"],
             "saves none",
         ),
     ],
@@ -109,8 +109,9 @@ def test_cli_without_token_exits_2_before_training(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    """An evaluate-only run of the tiny model (no push): its settings, run dir and summary."""
-    cfg = settings(EVALUATE_TINY)
+    """An evaluate-only run of the tiny model (no push) that keeps a copy of the weights it
+    evaluated (save_checkpoint=last): its settings, run dir and summary."""
+    cfg = settings([*EVALUATE_TINY, "trainer.save_checkpoint=last"])
     run_dir = tmp_path_factory.mktemp("share") / "run"
     return cfg, run_dir, train(cfg, run_dir)
 

@@ -26,7 +26,7 @@ from tests.conftest import (
 from tests.wandb_records import read_offline_run
 
 OFFLINE_WANDB = ["logger=wandb", "logger.mode=offline", "trainer.log_every_n_steps=1"]
-NO_CHECKPOINT = "trainer.save_checkpoint=false"  # sweeps here need metrics, not weights
+NO_CHECKPOINT = "trainer.save_checkpoint=none"  # sweeps here need metrics, not weights
 
 
 @pytest.fixture

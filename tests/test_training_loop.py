@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose, read_jsonl, small_config
 
-NO_FILES = ["logger=none", "trainer.save_checkpoint=false", "trainer.save_state=false"]
+NO_FILES = ["logger=none", "trainer.save_checkpoint=none", "trainer.save_state=false"]
 
 
 def test_clipping_defaults():

@@ -101,9 +101,10 @@ def load_squad_json(path: str | None, key: str, cache_dir: str | None = None) ->
         )
     file = Path(path).expanduser().resolve()
     if not file.is_file():
+        example = "train-v1.1.json" if "train" in key else "dev-v1.1.json"
         raise QAExpError(
             f"{key}={path}: no such file ({file}). Point it at an official SQuAD v1.1 JSON "
-            "file, e.g. dev-v1.1.json."
+            f"file, e.g. {example}."
         )
     stat = file.stat()
     try:

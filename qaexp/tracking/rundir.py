@@ -21,6 +21,7 @@ from typing import Any
 from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from qaexp.config import CheckpointPolicy
 from qaexp.evaluation import SQUAD_V2_KEYS, EvalResult
 
 METRICS_FILE = "metrics.jsonl"
@@ -186,6 +187,11 @@ def git_commit() -> str | None:
     return f"{commit}-dirty" if dirty else commit
 
 
+def keeps_checkpoint(policy: CheckpointPolicy, improved: bool) -> bool:
+    """Whether this epoch's weights go into checkpoint/ under trainer.save_checkpoint."""
+    return policy == CheckpointPolicy.last or (policy == CheckpointPolicy.best and improved)
+
+
 class RunRecorder:
     """Writes the run directory from the main process: one line per epoch, the latest
     predictions, the best checkpoint, and the summary at the end."""
@@ -227,7 +233,7 @@ class RunRecorder:
         result: EvalResult,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        save_checkpoint: bool,
+        save_checkpoint: CheckpointPolicy,
     ) -> dict:
         record = {
             "epoch": epoch,
@@ -245,7 +251,7 @@ class RunRecorder:
             record.update(result.squad_v2)
         improved = self.best is None or record["f1"] > self.best["f1"]
         self.history.append(record)
-        if save_checkpoint and improved:
+        if keeps_checkpoint(save_checkpoint, improved):
             self.save_checkpoint(model, tokenizer, null_threshold_record(record))
         if self.is_main:
             write_json_atomic(self.run_dir / PREDICTIONS_FILE, result.predictions)

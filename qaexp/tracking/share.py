@@ -18,9 +18,10 @@ from pathlib import Path
 
 import yaml
 
-from qaexp.config import DataSource, HubConfig, ModelInit, QAExpConfig
+from qaexp.config import CheckpointPolicy, DataSource, HubConfig, ModelInit, QAExpConfig
 from qaexp.errors import QAExpError
 from qaexp.hub import hub_endpoint, hub_offline_requested, hub_reachable
+from qaexp.modeling import describe_model
 from qaexp.tracking.rundir import CHECKPOINT_DIR, read_metrics, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,9 @@ def check_push_settings(settings: QAExpConfig) -> None:
         raise QAExpError(
             f"hub.repo_id={cfg.repo_id} is not a valid Hub repository id: {err}"
         ) from err
-    if not settings.trainer.save_checkpoint:
+    if settings.trainer.save_checkpoint == CheckpointPolicy.none:
         raise QAExpError(
-            "hub.push=true uploads the best checkpoint, but trainer.save_checkpoint=false "
+            "hub.push=true uploads the run's checkpoint, but trainer.save_checkpoint=none "
             "saves none; drop one of the two."
         )
     if get_token() is None:
@@ -78,7 +79,7 @@ def share_run(cfg: QAExpConfig, run_dir: Path, summary: dict) -> None:
         return
     checkpoint = Path(run_dir) / CHECKPOINT_DIR
     if not checkpoint.is_dir():
-        return  # trainer.save_checkpoint=false: nothing to describe or share
+        return  # no weights kept (trainer.save_checkpoint=none, evaluate-only): nothing to share
     write_model_card(checkpoint, model_card(cfg, summary, read_metrics(run_dir), run_dir))
     if cfg.hub.push:
         push_checkpoint(cfg.hub, checkpoint)
@@ -223,7 +224,7 @@ def _null_threshold_section(summary: dict) -> str | None:
 def _settings_table(cfg: QAExpConfig, summary: dict) -> str:
     t, o = cfg.trainer, cfg.optimizer
     settings = {
-        "base model": f"`{cfg.model.name_or_path}` ({cfg.model.init.value})",
+        "base model": f"`{describe_model(cfg.model)}` ({cfg.model.init.value})",
         "training data": f"{summary.get('train_examples', 0)} examples, "
         f"{summary.get('train_windows', 0)} windows",
         "evaluation data": f"{summary.get('eval_examples')} examples, "
@@ -243,6 +244,23 @@ def _settings_table(cfg: QAExpConfig, summary: dict) -> str:
     return "\n".join(rows)
 
 
+def shareable_config(cfg: QAExpConfig, summary: dict) -> dict:
+    """The run's config with the model named by what it is instead of a local path."""
+    config = dict(summary.get("config", {}))
+    if "model" in config and Path(cfg.model.name_or_path).expanduser().exists():
+        config["model"] = {**config["model"], "name_or_path": describe_model(cfg.model)}
+    return config
+
+
+def weights_origin(cfg: QAExpConfig, best: int | None, epochs: int) -> str:
+    """Which epoch the checkpoint holds (trainer.save_checkpoint)."""
+    if not cfg.trainer.epochs:
+        return "the model as loaded."
+    if cfg.trainer.save_checkpoint == CheckpointPolicy.last:
+        return f"epoch {epochs}, the last."
+    return f"epoch {best}, the best by F1 on the evaluation data."
+
+
 def model_card(cfg: QAExpConfig, summary: dict, metrics: list[dict], run_dir: Path) -> str:
     """The README.md of a run's checkpoint: Hub metadata, results, command and config."""
     model_name = cfg.hub.repo_id or "qaexp extractive QA model"
@@ -251,7 +269,7 @@ def model_card(cfg: QAExpConfig, summary: dict, metrics: list[dict], run_dir: Pa
     command = run_command(run_dir)
     versions = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("versions", {}).items()))
     best = summary.get("best_epoch")
-    base = f"`{cfg.model.name_or_path}`"
+    base = f"`{describe_model(cfg.model)}`"
     if not cfg.trainer.epochs:
         origin = f"{base} ({cfg.model.init.value} weights), evaluated without training on"
     elif cfg.model.init == ModelInit.random:
@@ -263,7 +281,7 @@ def model_card(cfg: QAExpConfig, summary: dict, metrics: list[dict], run_dir: Pa
         f"# {model_name}",
         f"An extractive question-answering model: {origin} {dataset_name} with qaexp. Given a question and a context, it marks "
         "the span of the context that answers the question. These weights are those of "
-        f"epoch {best}, the best by F1 on the evaluation data.",
+        + weights_origin(cfg, best, len(metrics)),
         "## Results",
         f"SQuAD {'v2.0' if summary.get('squad_v2') else 'v1.1'} exact match and F1 (percent) "
         f"on {summary.get('eval_examples')} "
@@ -280,7 +298,7 @@ def model_card(cfg: QAExpConfig, summary: dict, metrics: list[dict], run_dir: Pa
         (f"```bash\n{command}\n```" if command else "Run from Python (`qaexp.train.train`)."),
         _settings_table(cfg, summary),
         "<details><summary>Full configuration</summary>\n\n```yaml\n"
-        + yaml.safe_dump(summary.get("config", {}), sort_keys=False).rstrip()
+        + yaml.safe_dump(shareable_config(cfg, summary), sort_keys=False).rstrip()
         + "\n```\n\n</details>",
         f"Framework versions: {versions}; qaexp commit {summary.get('git_commit')}.",
     ]

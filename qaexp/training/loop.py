@@ -34,7 +34,14 @@ from qaexp.training.setup import (
     prepare_data_once,
     warn_if_qa_head_untrained,
 )
-from qaexp.training.state import STATE_DIR, Progress, find_state, load_state, save_state
+from qaexp.training.state import (
+    STATE_DIR,
+    Progress,
+    drop_finished_state,
+    find_state,
+    load_state,
+    save_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -264,9 +271,16 @@ def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | N
             if epoch:
                 train_epoch(engine, run, progress, stop, run_dir, began)
             finish_epoch(run, engine.model, progress)
-            if epoch and cfg.trainer.save_state:
+            if epoch and cfg.trainer.save_state and not final_state_dropped(cfg, epoch):
                 save_state(accelerator, run_dir, progress, began)
+    if not cfg.trainer.keep_state:
+        drop_finished_state(accelerator, run_dir)
     return run.summary
+
+
+def final_state_dropped(cfg: QAExpConfig, epoch: int) -> bool:
+    """The last epoch's state would be dropped at once by a completed run: skip saving it."""
+    return epoch == cfg.trainer.epochs and not cfg.trainer.keep_state
 
 
 def train_epoch(

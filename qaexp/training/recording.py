@@ -15,9 +15,10 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from qaexp.config import QAExpConfig, as_dict
+from qaexp.config import CheckpointPolicy, DataSource, QAExpConfig, as_dict
 from qaexp.errors import RunInterrupted
-from qaexp.evaluation import AnswerSearch, evaluate
+from qaexp.evaluation import AnswerSearch, EvalResult, evaluate
+from qaexp.modeling import describe_model
 from qaexp.tracking import RunLabels, Tracker, make_trackers
 from qaexp.tracking.rundir import EpochStats, RunRecorder
 from qaexp.training.setup import RunData
@@ -38,40 +39,33 @@ class RecordedRun:
     summary: dict | None = None  # set when the run ends, also when it fails
 
     def announce(self, steps_per_epoch: int) -> None:
-        """Log what will run: data, world size, devices, precision, batch sizes, steps."""
+        """Log one block of what runs: model, data and windows, devices, batch and steps."""
         cfg, counts, acc = self.cfg, self.data.counts, self.accelerator
-        where = f"{acc.device}, precision {acc.mixed_precision}, {acc.num_processes} process(es)"
-        if not cfg.trainer.epochs:
-            log.info(
-                "Evaluating %s on %d windows (%d examples) without training (trainer.epochs=0); %s",
-                cfg.model.name_or_path,
-                counts["eval_windows"],
-                counts["eval_examples"],
-                where,
+        processes = plural(acc.num_processes, "process", "processes")
+        lines = [
+            f"{'Evaluating' if not cfg.trainer.epochs else 'Training'} {describe_model(cfg.model)}"
+            f" ({cfg.trainer.engine.value} engine)",
+            f"  data     {describe_data(cfg)}",
+            f"  windows  {cfg.max_length} tokens, stride {cfg.stride}: "
+            + (
+                f"{counts['train_windows']} train ({counts['train_examples']} examples), "
+                if cfg.trainer.epochs
+                else ""
             )
-            return
-        accumulation = cfg.trainer.gradient_accumulation_steps
-        log.info(
-            "Training %s on %d windows (%d examples), evaluating on %d windows (%d examples); "
-            "engine %s",
-            cfg.model.name_or_path,
-            counts["train_windows"],
-            counts["train_examples"],
-            counts["eval_windows"],
-            counts["eval_examples"],
-            cfg.trainer.engine.value,
-        )
-        log.info(
-            "%s; batch %d per device x %d process(es) x %d accumulation = %d effective; "
-            "%d epochs x %d optimizer steps",
-            where,
-            cfg.trainer.train_batch_size,
-            acc.num_processes,
-            accumulation,
-            cfg.trainer.train_batch_size * acc.num_processes * accumulation,
-            cfg.trainer.epochs,
-            steps_per_epoch,
-        )
+            + f"{counts['eval_windows']} eval ({counts['eval_examples']} examples)",
+            f"  devices  {acc.device}, precision {acc.mixed_precision}, {processes}",
+        ]
+        if cfg.trainer.epochs:
+            accumulation = cfg.trainer.gradient_accumulation_steps
+            effective = cfg.trainer.train_batch_size * acc.num_processes * accumulation
+            lines.append(
+                f"  batch    {cfg.trainer.train_batch_size} per device x {processes} x "
+                f"{accumulation} accumulation = {effective}; "
+                f"{plural(cfg.trainer.epochs, 'epoch')} x {steps_per_epoch} optimizer steps"
+            )
+        else:
+            lines.append("  (trainer.epochs=0: evaluating the model as loaded, without training)")
+        log.info("\n".join(lines))
 
     def end_epoch(self, epoch: int, step: int, stats: EpochStats, model: torch.nn.Module) -> dict:
         """Evaluate `model` after `epoch` and record the result; return the metrics record."""
@@ -86,20 +80,11 @@ class RecordedRun:
             width=cfg.max_length,
             search=answer_search(cfg, data.unanswerable),
         )
-        log.info(
-            "epoch %d: loss %.4f  EM %.2f  F1 %.2f  (train %.0fs, %.1f windows/s; eval %.1fs)",
-            epoch,
-            stats.loss,
-            result.exact_match,
-            result.f1,
-            stats.seconds,
-            stats.windows / max(stats.seconds, 1e-9),
-            result.seconds,
-        )
+        log.info("%s", epoch_line(epoch, stats, result))
         if result.squad_v2 is not None:
             log_squad_v2(epoch, result.squad_v2)
         record = self.recorder.record_epoch(
-            epoch, step, stats, result, model, data.tokenizer, cfg.trainer.save_checkpoint
+            epoch, step, stats, result, model, data.tokenizer, checkpoint_policy(cfg, epoch)
         )
         for tracker in self.trackers:
             tracker.log_epoch(epoch, step, record)
@@ -131,6 +116,47 @@ def log_squad_v2(epoch: int, scores: dict) -> None:
         pct("NoAns_exact"),
         pct("best_f1"),
         "n/a" if scores.get("best_f1_thresh") is None else f"{scores['best_f1_thresh']:.4g}",
+    )
+
+
+def checkpoint_policy(cfg: QAExpConfig, epoch: int) -> CheckpointPolicy:
+    """trainer.save_checkpoint for this epoch. Evaluate-only (epoch 0) keeps no second copy of
+    the weights it loaded, unless asked for (`last`) or needed to push them (hub.push)."""
+    policy = cfg.trainer.save_checkpoint
+    if epoch or policy == CheckpointPolicy.none:
+        return policy
+    return (
+        CheckpointPolicy.last
+        if cfg.hub.push or policy == CheckpointPolicy.last
+        else CheckpointPolicy.none
+    )
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 epoch`, `2 epochs`."""
+    return f"{count} {word if count == 1 else (words or word + 's')}"
+
+
+def describe_data(cfg: QAExpConfig) -> str:
+    """The data source in a few words, without local folders."""
+    data = cfg.data
+    if data.source == DataSource.hub:
+        return f"{data.hub_id} from the Hub"
+    if data.source == DataSource.json:
+        files = (data.train_file if cfg.trainer.epochs else None, data.validation_file)
+        return "SQuAD JSON " + ", ".join(Path(f).name for f in files if f)
+    return "synthetic (qaexp's generator)"
+
+
+def epoch_line(epoch: int, stats: EpochStats, result: EvalResult) -> str:
+    """One epoch's console line; an evaluate-only run (epoch 0) has no training to report."""
+    scores = f"EM {result.exact_match:.2f}  F1 {result.f1:.2f}"
+    if not epoch:
+        return f"evaluation: {scores}  (eval {result.seconds:.1f}s)"
+    speed = stats.windows / max(stats.seconds, 1e-9)
+    return (
+        f"epoch {epoch}: loss {stats.loss:.4f}  {scores}  "
+        f"(train {stats.seconds:.0f}s, {speed:.1f} windows/s; eval {result.seconds:.1f}s)"
     )
 
 

@@ -20,7 +20,7 @@ from qaexp.checks import validate_settings, validate_windows
 from qaexp.config import ModelInit, QAExpConfig
 from qaexp.data import SPLITS, check_answers, check_examples, load_raw_datasets
 from qaexp.features import build_features
-from qaexp.modeling import is_qa_checkpoint, load_tokenizer
+from qaexp.modeling import describe_model, is_qa_checkpoint, load_tokenizer
 from qaexp.tracking.share import check_push_settings
 from qaexp.training.runtime import loader_options
 
@@ -61,15 +61,23 @@ def check_run_settings(cfg: QAExpConfig) -> None:
     check_push_settings(cfg)  # a missing Hub token fails here, not after training
 
 
-def prepare_data(cfg: QAExpConfig) -> RunData:
-    """Tokenizer, validated raw data and (cached) train/eval windows. Evaluate-only runs
-    (trainer.epochs=0) neither load nor window the training split."""
+def load_inputs(cfg: QAExpConfig) -> tuple[PreTrainedTokenizerBase, datasets.DatasetDict, bool]:
+    """The settings checks, the tokenizer, the validated raw examples and whether they hold
+    unanswerable questions: every input a run shares with the other jobs of a sweep over
+    window or optimizer settings."""
     check_run_settings(cfg)
-    tokenizer = load_tokenizer(cfg.model)
     splits = SPLITS if cfg.trainer.epochs else ("validation",)
+    tokenizer = load_tokenizer(cfg.model)
     raw = load_raw_datasets(cfg.data, splits)
     unanswerable = check_answers(cfg.data, raw)
     raw, _ = check_examples(raw, allow_unanswerable=unanswerable)
+    return tokenizer, raw, unanswerable
+
+
+def prepare_data(cfg: QAExpConfig) -> RunData:
+    """Tokenizer, validated raw data and (cached) train/eval windows. Evaluate-only runs
+    (trainer.epochs=0) neither load nor window the training split."""
+    tokenizer, raw, unanswerable = load_inputs(cfg)
     validate_windows(cfg, tokenizer, raw)
     kwargs = {"max_length": cfg.max_length, "stride": cfg.stride, "num_proc": cfg.data.num_proc}
     train = (
@@ -110,5 +118,5 @@ def warn_if_qa_head_untrained(model: torch.nn.Module, cfg: QAExpConfig) -> None:
         log.warning(
             "%s was not saved as a question-answering model: its QA head is freshly "
             "initialised, so these scores are those of a random head.",
-            cfg.model.name_or_path,
+            describe_model(cfg.model),
         )

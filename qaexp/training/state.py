@@ -33,6 +33,7 @@ RESUMABLE_CHANGES = (
     "trainer.resume_from",
     "trainer.eval_batch_size",
     "trainer.log_every_n_steps",
+    "trainer.keep_state",
     "hardware",
     "logger",
     "data.num_proc",
@@ -89,6 +90,15 @@ def save_state(
         replace_dir_atomic(staged, target)
     accelerator.wait_for_everyone()
     return target
+
+
+def drop_finished_state(accelerator: Accelerator, run_dir: Path) -> None:
+    """A completed run needs no resume state: remove its state/ folder (the main process;
+    trainer.keep_state=true skips this call). Interrupted and failed runs never get here."""
+    accelerator.wait_for_everyone()
+    target = Path(run_dir) / STATE_DIR
+    if accelerator.is_main_process and target.is_dir():
+        shutil.rmtree(target)
 
 
 def find_state(run_dir: Path, resume: bool, resume_from: str | None) -> Path | None:
