@@ -205,3 +205,26 @@ def test_best_params_are_the_best_complete_trial(resumed_search):
     assert results["best_trial"] == int(best)
     assert results["best_params"] == {"optimizer.lr": runs[best]["config"]["optimizer"]["lr"]}
     assert results["trials"] == {"complete": 2, "pruned": 2}
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+def test_parallel_launcher_runs_trials_at_once_and_they_report_from_their_processes(tmp_path):
+    """Two trials handed to hydra/launcher=parallel together: each job, in its own process,
+    reports to the study and is pruned after its first of 2 epochs."""
+    parallel = [
+        "hydra/launcher=parallel",
+        "hydra.launcher.jobs=2",
+        "hydra.launcher.devices=[0,1]",
+        "hydra.launcher.cpus_per_job=1",
+    ]
+    args = [*SEARCH, *parallel, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2"]
+    result = run_cli([*args, "trainer.epochs=2"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    search = tmp_path / "search"
+    runs = summaries(search)
+    assert [r["status"] for r in runs.values()] == ["pruned", "pruned"]
+    assert {r["job_devices"]["slot"] for r in runs.values()} == {0, 1}  # both at once
+    study = optuna.load_study(study_name="qaexp", storage=f"sqlite:///{search / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
+    assert all(t.intermediate_values.keys() == {1} for t in study.trials)

@@ -5,6 +5,7 @@ with the run's status."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from qaexp.tracking import RunLabels, Tracker, make_trackers
 from qaexp.tracking.rundir import EpochStats, RunRecorder
 from qaexp.tracking.trial import TrialPruned, TrialReporter, in_search
 from qaexp.training.setup import RunData
+from qaexp.training.state import PROGRESS_FILE, STATE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,15 @@ class RecordedRun:
         return bool(verdict[0])
 
 
+def continued_step(run_dir: Path, state_dir: Path | None) -> int | None:
+    """The optimizer step a job continues from when it resumes its own run directory's state
+    (trainer.resume, a requeue): its dashboard runs continue there. None for a new run, or one
+    continued from another run directory (a new job)."""
+    if state_dir is None or Path(state_dir).resolve() != (Path(run_dir) / STATE_DIR).resolve():
+        return None
+    return json.loads((Path(state_dir) / PROGRESS_FILE).read_text())["global_step"]
+
+
 @contextmanager
 def recorded_run(
     cfg: QAExpConfig,
@@ -140,7 +151,14 @@ def recorded_run(
     config = as_dict(cfg)
     recorder = RunRecorder(run_dir, accelerator, config=config, counts=data.counts)
     recorder.restore(list(history), state_dir)
-    trackers = make_trackers(cfg, run_dir, config, accelerator.is_main_process, labels)
+    trackers = make_trackers(
+        cfg,
+        run_dir,
+        config,
+        accelerator.is_main_process,
+        labels,
+        resume_step=continued_step(run_dir, state_dir),
+    )
     run = RecordedRun(cfg, data, accelerator, eval_loader, recorder, trackers)
     if accelerator.is_main_process:
         run.trial = TrialReporter.from_env()
