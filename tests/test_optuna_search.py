@@ -129,6 +129,46 @@ def test_no_reporter_outside_a_search(monkeypatch):
     assert TrialReporter.from_env() is None
 
 
+def test_a_trial_left_running_by_a_killed_process_is_failed_and_queued_again(tmp_path, monkeypatch):
+    """A RUNNING trial whose heartbeat stopped (its sweeper was killed) is failed when the
+    search opens the study again, and its point is queued for the next trial."""
+    import time
+
+    from hydra_plugins.qaexp_sweeper import optuna_sweeper
+
+    monkeypatch.setattr(optuna_sweeper, "HEARTBEAT_S", 1)  # stale after 4 s
+    sweeper = optuna_sweeper.OptunaSweeper(
+        direction="maximize",
+        study_name="s",
+        storage=None,
+        sampler={"_target_": "optuna.samplers.RandomSampler", "seed": 0},
+        pruner=None,
+    )
+    sweeper.sweep_dir = tmp_path
+    study = sweeper.open_study()
+    orphan = optuna_sweeper.ask(study, search_space({}, ["x=interval(0,1)"]))
+    study._storage.record_heartbeat(orphan._trial_id)
+    time.sleep(5)
+    reopened = sweeper.open_study()
+    states = {t.number: t.state.name for t in reopened.trials}
+    assert states == {0: "FAIL", 1: "WAITING"}
+    assert reopened.trials[1].params == orphan.params  # the same point, run again
+    assert optuna_sweeper.ask(reopened, search_space({}, ["x=interval(0,1)"])).number == 1
+
+
+def test_a_trial_stopped_by_a_signal_is_failed_and_its_point_queued(tmp_path):
+    from hydra_plugins.qaexp_sweeper.optuna_sweeper import tell
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    trial = study.ask({"x": FloatDistribution(0.0, 1.0)})
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    assert tell(study, trial, tmp_path / "0", None) is False
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
+    again = study.ask({"x": FloatDistribution(0.0, 1.0)})
+    assert (again.number, again.params) == (1, trial.params)  # the same point, run again
+
+
 # --- a real search: prune, stop, resume -------------------------------------------------
 
 # Every trial searches optimizer.lr only; a threshold no F1 reaches prunes every trial after

@@ -261,22 +261,26 @@ def zip_returns(batch: list, returns: list[JobReturn]) -> list[tuple[Any, JobRet
 
 def tell(study: Any, trial: Any, run_dir: Path, ret: JobReturn | None) -> bool:
     """Tell the study how the trial's job ended: pruned (the job marked it), complete (its
-    return value; the run's summary.json when the launcher was stopped), or failed."""
+    return value; the run's summary.json when the launcher was stopped), or failed (a job
+    stopped by a signal also queues its point again, for the continued search)."""
     from optuna.trial import TrialState
 
     if study._storage.get_trial_user_attrs(trial._trial_id).get(PRUNED_ATTR) is not None:
         study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         return True
-    value = None
+    value, status = None, None
     if ret is not None and ret.status == JobStatus.COMPLETED:
         value = ret.return_value
     elif ret is None and (run_dir / SUMMARY_FILE).is_file():
         summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-        value = summary.get("best_f1") if summary.get("status") == "completed" else None
+        status = summary.get("status")
+        value = summary.get("best_f1") if status == "completed" else None
     if value is None:
         error = ret._return_value if ret is not None else "stopped before it finished"
         log.error("Optuna trial %d failed (%s): %s", trial.number, run_dir, error)
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        if status == "interrupted":  # stopped by a signal: the continued search runs it again
+            study.enqueue_trial(trial.params, skip_if_exists=False)
         return False
     study.tell(trial, float(value), skip_if_finished=True)
     return True
