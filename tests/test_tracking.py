@@ -311,6 +311,7 @@ def test_optuna_search_runs_three_trials(tmp_path):
         "hydra.sweeper.n_trials=3",
         "max_length=96,128",
         "stride=32",
+        "trainer.train_batch_size=16",
         "hydra.sweep.dir=search",
     ]
     result = run_cli(args, cwd=tmp_path)

@@ -34,20 +34,27 @@ def resolve_labels(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | None) ->
 
 
 def make_trackers(
-    cfg: QAExpConfig, run_dir: Path, config: dict, is_main: bool, labels: RunLabels | None = None
+    cfg: QAExpConfig,
+    run_dir: Path,
+    config: dict,
+    is_main: bool,
+    labels: RunLabels | None = None,
+    resume_step: int | None = None,
 ) -> list[Tracker]:
     """The trackers named by `logger.name` (none on processes other than the main one).
 
     `config` is the resolved, nested config as the run recorded it; `labels` come from the
-    launcher (qaexp.__main__ derives them from Hydra).
+    launcher (qaexp.__main__ derives them from Hydra); `resume_step`: the optimizer step a
+    job resuming its own state continues from (its dashboard run continues there).
     """
     if not is_main or cfg.logger.name == LoggerName.none:
         return []
     if cfg.logger.name == LoggerName.wandb:
         from qaexp.tracking.wandb_tracker import start_wandb  # imports wandb only when used
 
-        tracker = start_wandb(cfg.logger, run_dir, config, resolve_labels(cfg, run_dir, labels))
+        labels = resolve_labels(cfg, run_dir, labels)
+        tracker = start_wandb(cfg.logger, run_dir, config, labels, resume_step)
         return [tracker] if tracker else []
     from qaexp.tracking.tensorboard_tracker import TensorBoardTracker
 
-    return [TensorBoardTracker(run_dir, config)]
+    return [TensorBoardTracker(run_dir, config, resume_step)]

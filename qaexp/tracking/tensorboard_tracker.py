@@ -1,7 +1,9 @@
 """TensorBoard: scalars and the run's hyperparameters in `RUN_DIR/tensorboard/`.
 
 `tensorboard --logdir outputs/multirun/DATE/TIME` then shows every job of a sweep, and its
-HParams tab compares them by the resolved config and best EM/F1.
+HParams tab compares them by the resolved config and best EM/F1. A resumed job (trainer.resume,
+a SLURM requeue) writes into the same folder from the optimizer step where it continues;
+steps logged after that point by the interrupted segment are purged, so each step shows once.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def flat_hparams(config: dict) -> dict[str, int | float | str | bool]:
 class TensorBoardTracker(Tracker):
     """Writes a run's scalars with torch's SummaryWriter."""
 
-    def __init__(self, run_dir: Path, config: dict):
+    def __init__(self, run_dir: Path, config: dict, resume_step: int | None = None):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:
@@ -35,7 +37,12 @@ class TensorBoardTracker(Tracker):
                 "logger=tensorboard needs the `tensorboard` package: `pip install tensorboard` "
                 "(or `pip install qaexp[tensorboard]`); or use logger=wandb or logger=none."
             ) from err
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR))
+        # purge_step: TensorBoard hides this folder's events at or after the step where the
+        # resumed run continues (train/* steps are optimizer steps).
+        self.writer = SummaryWriter(
+            log_dir=str(Path(run_dir) / TENSORBOARD_DIR),
+            purge_step=None if resume_step is None else resume_step + 1,
+        )
         self.config = config
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:

@@ -1,5 +1,11 @@
 """Weights & Biases: one wandb run per job, written inside the job's run directory.
 
+One job is one wandb run also across resumes: the run's id is kept in `RUN_DIR/wandb/run_id`,
+and a job that continues its own saved state (trainer.resume, a SLURM requeue) continues
+that run (`resume="allow"`), logging from the optimizer step where it stopped; every row is
+logged at its optimizer step, so the run's step counter continues too (an offline run gets a
+second offline-run folder with the same id: `wandb sync` uploads both into the one run).
+
 Never a login prompt: `logger.mode=auto` logs offline when no credentials are found and says,
 in one log line, where the offline run is and the `wandb sync` command that uploads it. The
 run is always finished (from the training loop's `finally`), with a non-zero exit code when
@@ -16,10 +22,12 @@ from typing import Any
 from qaexp.config import LoggerConfig, LoggerMode
 from qaexp.errors import QAExpError
 from qaexp.tracking.base import RunLabels, Tracker, epoch_metrics, summary_metrics
+from qaexp.tracking.rundir import write_text_atomic
 
 log = logging.getLogger(__name__)
 
-EXIT_CODES = {"completed": 0, "failed": 1, "interrupted": 130}
+EXIT_CODES = {"completed": 0, "pruned": 0, "failed": 1, "interrupted": 130}
+RUN_ID_FILE = "run_id"  # in RUN_DIR/wandb/: the job's wandb run, continued on resume
 CREDENTIAL_VARIABLES = ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE")
 
 
@@ -83,11 +91,13 @@ class WandbTracker(Tracker):
     def __init__(self, run: Any):
         self.run = run
 
+    # Rows at their optimizer step: a resumed run continues the step counter (the epoch's
+    # row joins the row of its last step).
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
-        self.run.log({"global_step": step, **metrics})
+        self.run.log({"global_step": step, **metrics}, step=step)
 
     def log_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
-        self.run.log({"epoch": epoch, "global_step": step, **epoch_metrics(metrics)})
+        self.run.log({"epoch": epoch, "global_step": step, **epoch_metrics(metrics)}, step=step)
 
     def finish(self, status: str, summary: dict) -> None:
         try:
@@ -96,17 +106,34 @@ class WandbTracker(Tracker):
             self.run.finish(exit_code=EXIT_CODES.get(status, 1))
 
 
+def stored_run_id(run_dir: Path, resume_step: int | None) -> str | None:
+    """The wandb run id this job continues: the one stored in its run directory when the job
+    resumes its own state (`resume_step` is not None), else None (a new run)."""
+    path = Path(run_dir) / "wandb" / RUN_ID_FILE
+    if resume_step is None or not path.is_file():
+        return None
+    return path.read_text().strip() or None
+
+
 def start_wandb(
-    cfg: LoggerConfig, run_dir: Path, config: dict, labels: RunLabels
+    cfg: LoggerConfig,
+    run_dir: Path,
+    config: dict,
+    labels: RunLabels,
+    resume_step: int | None = None,
 ) -> WandbTracker | None:
-    """Start the job's wandb run (None with logger.mode=disabled)."""
+    """Start the job's wandb run (None with logger.mode=disabled), or continue it when the job
+    resumes its own state from optimizer step `resume_step`."""
     mode = resolve_mode(cfg.mode)
     if mode == "disabled":
         return None
     import wandb
 
+    run_id = stored_run_id(run_dir, resume_step)
     try:
         run = wandb.init(
+            id=run_id,
+            resume="allow" if run_id else None,
             project=cfg.project,
             entity=cfg.entity,
             group=labels.group,
@@ -125,6 +152,9 @@ def start_wandb(
             "logger.project / logger.entity, or use logger.mode=offline."
         ) from err
     define_metrics(run)
+    write_text_atomic(Path(run_dir) / "wandb" / RUN_ID_FILE, run.id)
+    if run_id:
+        log.info("W&B run %s continues from optimizer step %d", run.id, resume_step)
     if mode == "offline":
         sync_dir = run.settings.sync_dir
         log.info("W&B run logged offline in %s; upload it with: wandb sync %s", sync_dir, sync_dir)

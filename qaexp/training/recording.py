@@ -1,9 +1,11 @@
 """Recording a run, shared by both engines: after every epoch, EM/F1 on the eval windows,
-one log line, the run-directory files and the trackers; at the end (also on failure) the
-summary with the run's status."""
+one log line, the run-directory files and the trackers (and, in an Optuna search, the trial's
+report, which may stop the run: status "pruned"); at the end (also on failure) the summary
+with the run's status."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader
 
 from qaexp.config import CheckpointPolicy, DataSource, QAExpConfig, as_dict
@@ -21,7 +24,9 @@ from qaexp.evaluation import AnswerSearch, EvalResult, evaluate
 from qaexp.modeling import describe_model
 from qaexp.tracking import RunLabels, Tracker, make_trackers
 from qaexp.tracking.rundir import EpochStats, RunRecorder
+from qaexp.tracking.trial import TrialPruned, TrialReporter, in_search
 from qaexp.training.setup import RunData
+from qaexp.training.state import PROGRESS_FILE, STATE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,7 @@ class RecordedRun:
     recorder: RunRecorder
     trackers: list[Tracker]
     summary: dict | None = None  # set when the run ends, also when it fails
+    trial: TrialReporter | None = None  # the Optuna trial this job runs for (main process)
 
     def announce(self, steps_per_epoch: int) -> None:
         """Log one block of what runs: model, data and windows, devices, batch and steps."""
@@ -88,7 +94,29 @@ class RecordedRun:
         )
         for tracker in self.trackers:
             tracker.log_epoch(epoch, step, record)
+        if self.pruned(epoch, record["f1"]):
+            raise TrialPruned(f"pruned after epoch {epoch}")
         return record
+
+    def pruned(self, epoch: int, f1: float) -> bool:
+        """In an Optuna search: report the epoch's F1 to the trial and return the pruner's
+        verdict, agreed by every process (only the main one talks to the study)."""
+        if not in_search():
+            return False
+        last = epoch >= self.cfg.trainer.epochs
+        verdict = [self.trial.report(epoch, f1, last) if self.trial else False]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(verdict)
+        return bool(verdict[0])
+
+
+def continued_step(run_dir: Path, state_dir: Path | None) -> int | None:
+    """The optimizer step a job continues from when it resumes its own run directory's state
+    (trainer.resume, a requeue): its dashboard runs continue there. None for a new run, or one
+    continued from another run directory (a new job)."""
+    if state_dir is None or Path(state_dir).resolve() != (Path(run_dir) / STATE_DIR).resolve():
+        return None
+    return json.loads((Path(state_dir) / PROGRESS_FILE).read_text())["global_step"]
 
 
 def answer_search(cfg: QAExpConfig, unanswerable: bool) -> AnswerSearch:
@@ -174,16 +202,27 @@ def recorded_run(
 ) -> Iterator[RecordedRun]:
     """Record a run that started at `began` (time.time()), continuing `history` when resumed
     from `state_dir`; on exit (also on failure) write summary.json with the run's status and
-    finish the trackers."""
+    finish the trackers. A trial pruned by an Optuna search ends here with status "pruned"."""
     config = as_dict(cfg)
     recorder = RunRecorder(run_dir, accelerator, config=config, counts=data.counts)
     recorder.restore(list(history), state_dir)
-    trackers = make_trackers(cfg, run_dir, config, accelerator.is_main_process, labels)
+    trackers = make_trackers(
+        cfg,
+        run_dir,
+        config,
+        accelerator.is_main_process,
+        labels,
+        resume_step=continued_step(run_dir, state_dir),
+    )
     run = RecordedRun(cfg, data, accelerator, eval_loader, recorder, trackers)
+    if accelerator.is_main_process:
+        run.trial = TrialReporter.from_env()
     status = "failed"
     try:
         yield run
         status = "completed"
+    except TrialPruned:
+        status = "pruned"  # a normal end for a search's trial: the job returns its best F1
     except (KeyboardInterrupt, RunInterrupted):
         status = "interrupted"
         raise
