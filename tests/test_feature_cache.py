@@ -13,6 +13,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.processes  # starts processes: the leak guard scans the host
+
 # One "run": load an official-format SQuAD file, build train and eval windows, report what
 # the cache key is made of and which cache files hold the windows.
 BUILD = """
@@ -22,7 +24,6 @@ from qaexp.config import embedded_model_path
 from qaexp.data import load_squad_json
 from qaexp.features import build_features, tokenizer_fingerprint
 
-pytestmark = pytest.mark.processes  # starts processes: the leak guard scans the host
 
 path, cache_dir = sys.argv[1], sys.argv[2]
 tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
