@@ -1,7 +1,10 @@
 """The run directory contract: metrics.jsonl, predictions.json, summary.json, checkpoint/.
 
 Files are written atomically (a temporary file renamed into place), so a crash never leaves
-a half-written result behind; metrics.jsonl gains one complete line per epoch.
+a half-written result behind; metrics.jsonl is rewritten whole, one line per recorded epoch.
+Each result records the epoch it holds (checkpoint/qaexp_epoch.json, and summary.json's
+checkpoint_epoch / predictions_epoch), so a resumed run can bring them back in line with its
+state (see the crash model in the README).
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qaexp.evaluation import EvalResult
+from qaexp.faults import crash_point
 
 METRICS_FILE = "metrics.jsonl"
 PREDICTIONS_FILE = "predictions.json"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_EPOCH_FILE = "qaexp_epoch.json"  # in checkpoint/: the epoch its weights are from
 
 # Names that run directories written by earlier versions used for the same quantities.
 RENAMED_KEYS = {
@@ -62,14 +67,20 @@ class EpochStats:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to a temporary file beside `path`, flush it to disk, rename it into place:
     a reader (or a crash) sees the old file or the new one, never a part. The temporary name
-    is the process's own, so concurrent writers (jobs of a sweep) never share one."""
+    is the process's own, so concurrent writers (jobs of a sweep) never share one. A failed
+    write (a full disk, say) removes its temporary file and raises an OSError naming `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        crash_point(f"rename {path.name}")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -81,11 +92,10 @@ def upgrade_record(record: dict) -> dict:
     return {RENAMED_KEYS.get(key, key): value for key, value in record.items()}
 
 
-def append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    """metrics.jsonl holding exactly `history`, one line per epoch (rewritten whole, so it
+    never holds a torn line or an epoch that the run's state does not cover)."""
+    write_text_atomic(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -96,16 +106,52 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [upgrade_record(json.loads(line)) for line in lines if line.strip()]
 
 
+def _hidden(target: Path, suffix: str) -> Path:
+    return target.with_name(f".{target.name}.{suffix}")
+
+
 def replace_dir_atomic(staged: Path, target: Path) -> None:
-    """Move a fully written folder into place, replacing any previous one."""
-    old = target.with_name(f".{target.name}.old")
+    """Move a fully written folder into place, replacing any previous one. Between the two
+    renames neither name holds a folder; `recover_dir` finds the complete copy again."""
+    old = _hidden(target, "old")
     if old.exists():
         shutil.rmtree(old)
     if target.exists():
         os.replace(target, old)
+    crash_point(f"swap {target.name}")
     os.replace(staged, target)
+    crash_point(f"swapped {target.name}")
     if old.exists():
         shutil.rmtree(old)
+
+
+def recover_dir(target: Path, is_complete) -> None:
+    """After a crash in `replace_dir_atomic` or while staging: if `target` is gone, adopt the
+    newest complete hidden copy (the staged one, else the old one); then remove both."""
+    staged, old = _hidden(target, "tmp"), _hidden(target, "old")
+    if not target.exists():
+        for candidate in (staged, old):
+            if candidate.is_dir() and is_complete(candidate):
+                os.replace(candidate, target)
+                break
+    for leftover in (staged, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+
+
+def remove_temporary_files(folder: Path) -> None:
+    """Temporary files of `write_text_atomic` left in `folder` by a killed process."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
+def checkpoint_epoch(folder: Path) -> int | None:
+    """The epoch whose weights a checkpoint folder holds (None: unknown or incomplete)."""
+    try:
+        return json.loads((Path(folder) / CHECKPOINT_EPOCH_FILE).read_text())["epoch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def package_versions() -> dict[str, str]:
@@ -143,7 +189,12 @@ def git_commit() -> str | None:
 
 class RunRecorder:
     """Writes the run directory from the main process: one line per epoch, the latest
-    predictions, the best checkpoint, and the summary at the end."""
+    predictions, the best checkpoint, and the summary at the end.
+
+    An epoch is first evaluated (`add_epoch`, in memory), then published (`publish`): the
+    checkpoint when it improved, predictions.json, and metrics.jsonl last. The Accelerate loop
+    saves its state between the two, so a resumed run can always publish again what its state
+    covers (`restore`, `reconcile_checkpoint`)."""
 
     def __init__(
         self, run_dir: Path, accelerator: Accelerator, config: dict, counts: dict[str, int]
@@ -153,38 +204,75 @@ class RunRecorder:
         self.is_main = accelerator.is_main_process
         self.config = config
         self.counts = counts
-        self.history: list[dict] = []
+        self.history: list[dict] = []  # the published epochs
+        self.predictions: dict[str, str] | None = None  # of the last published epoch
+        self.checkpoint_epoch: int | None = None
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
-    def restore(self, history: list[dict], state_dir: Path | None) -> None:
-        """Continue a resumed run: its epochs so far, and (from another run directory) its
-        best checkpoint. metrics.jsonl is rewritten to hold exactly those epochs."""
-        self.history = list(history)
-        if not self.is_main or state_dir is None:
+    def reset(self) -> None:
+        """A run that starts from scratch: no result of an earlier attempt in this run dir
+        survives (a kill before the first state was saved leaves nothing to continue)."""
+        if not self.is_main:
             return
-        lines = "".join(json.dumps(r) + "\n" for r in self.history)
-        write_text_atomic(self.run_dir / METRICS_FILE, lines)
-        source = Path(state_dir).resolve().parent / CHECKPOINT_DIR
+        remove_temporary_files(self.run_dir)
+        for name in (METRICS_FILE, PREDICTIONS_FILE, SUMMARY_FILE):
+            (self.run_dir / name).unlink(missing_ok=True)
+        checkpoint = self.run_dir / CHECKPOINT_DIR
+        model = str(self.config.get("model", {}).get("name_or_path", ""))
+        evaluated_here = model and Path(model).expanduser().resolve() == checkpoint.resolve()
+        for folder in (checkpoint, _hidden(checkpoint, "tmp"), _hidden(checkpoint, "old")):
+            if folder.exists() and not evaluated_here:
+                shutil.rmtree(folder)
+
+    def restore(
+        self, history: list[dict], state_dir: Path | None, predictions: dict | None = None
+    ) -> None:
+        """Continue a resumed run: its epochs so far, their last predictions and (from another
+        run directory) its best checkpoint (then `reconcile_checkpoint`, `republish`).
+        Without a state: start clean (`reset`)."""
+        if state_dir is None:
+            self.reset()
+            return
+        self.history, self.predictions = list(history), predictions
+        if not self.is_main:
+            return
+        remove_temporary_files(self.run_dir)
         target = self.run_dir / CHECKPOINT_DIR
+        recover_dir(target, lambda folder: checkpoint_epoch(folder) is not None)
+        remove_temporary_files(target)  # e.g. of the model card, written at the run's end
+        source = Path(state_dir).resolve().parent / CHECKPOINT_DIR
         if source.is_dir() and source.resolve() != target.resolve():
             shutil.copytree(source, target, dirs_exist_ok=True)
+        self.checkpoint_epoch = checkpoint_epoch(target)
+
+    def republish(self) -> None:
+        """After `restore` (and `reconcile_checkpoint`): predictions.json and metrics.jsonl
+        rewritten to hold exactly what the state covers, in the order `publish` writes them."""
+        if not self.is_main:
+            return
+        if self.predictions is not None:
+            write_json_atomic(self.run_dir / PREDICTIONS_FILE, self.predictions)
+        write_metrics(self.run_dir, self.history)
+
+    def reconcile_checkpoint(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+    ) -> None:
+        """After a resume: when the last epoch of the state is the best one but checkpoint/
+        does not hold it (the run stopped between saving the state and the checkpoint), save
+        it from `model`, which holds exactly that epoch's weights."""
+        best = self.best
+        if best is None or best is not self.history[-1] or self.checkpoint_epoch == best["epoch"]:
+            return
+        self.save_checkpoint(model, tokenizer, best["epoch"])
 
     @property
     def best(self) -> dict | None:
         return max(self.history, key=lambda r: r["f1"], default=None)
 
-    def record_epoch(
-        self,
-        epoch: int,
-        step: int,
-        stats: EpochStats,
-        result: EvalResult,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        save_checkpoint: bool,
-    ) -> dict:
-        record = {
+    def add_epoch(self, epoch: int, step: int, stats: EpochStats, result: EvalResult) -> dict:
+        """The metrics record of an evaluated epoch (nothing is written yet)."""
+        return {
             "epoch": epoch,
             "step": step,
             "train_loss": stats.loss if math.isfinite(stats.loss) else None,
@@ -196,27 +284,60 @@ class RunRecorder:
             "eval_seconds": result.seconds,
             "eval_windows_per_second": result.windows_per_second,
         }
+
+    def publish(
+        self,
+        record: dict,
+        predictions: dict[str, str],
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        save_checkpoint: bool,
+    ) -> None:
+        """Write an evaluated epoch: the checkpoint if it improved, predictions, metrics."""
         improved = self.best is None or record["f1"] > self.best["f1"]
-        self.history.append(record)
         if save_checkpoint and improved:
-            self.save_checkpoint(model, tokenizer)
+            self.save_checkpoint(model, tokenizer, record["epoch"])
         if self.is_main:
-            write_json_atomic(self.run_dir / PREDICTIONS_FILE, result.predictions)
-            append_jsonl(self.run_dir / METRICS_FILE, record)
+            write_json_atomic(self.run_dir / PREDICTIONS_FILE, predictions)
+            write_metrics(self.run_dir, [*self.history, record])
+        self.history.append(record)
+        self.predictions = predictions
+        crash_point("published")
+
+    def record_epoch(
+        self,
+        epoch: int,
+        step: int,
+        stats: EpochStats,
+        result: EvalResult,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        save_checkpoint: bool,
+    ) -> dict:
+        """`add_epoch` and `publish` in one go (engines without a state of their own)."""
+        record = self.add_epoch(epoch, step, stats, result)
+        self.publish(record, result.predictions, model, tokenizer, save_checkpoint)
         return record
 
-    def save_checkpoint(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-        """model + tokenizer as a plain save_pretrained folder, swapped in whole."""
+    def save_checkpoint(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, epoch: int
+    ) -> None:
+        """model + tokenizer as a plain save_pretrained folder with the epoch it holds,
+        swapped in whole."""
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            staged = self.run_dir / f".{CHECKPOINT_DIR}.tmp"
+            target = self.run_dir / CHECKPOINT_DIR
+            staged = _hidden(target, "tmp")
             if staged.exists():
                 shutil.rmtree(staged)
             self.accelerator.unwrap_model(model).save_pretrained(
                 staged, save_function=self.accelerator.save
             )
             tokenizer.save_pretrained(staged)
-            replace_dir_atomic(staged, self.run_dir / CHECKPOINT_DIR)
+            crash_point("checkpoint staged")
+            write_json_atomic(staged / CHECKPOINT_EPOCH_FILE, {"epoch": epoch})
+            replace_dir_atomic(staged, target)
+            self.checkpoint_epoch = epoch
         self.accelerator.wait_for_everyone()
 
     def finish(self, wall_seconds: float, status: str = "completed") -> dict:
@@ -229,6 +350,8 @@ class RunRecorder:
             "final_exact_match": final["exact_match"] if final else None,
             "final_f1": final["f1"] if final else None,
             "epochs": len(self.history),
+            "checkpoint_epoch": self.checkpoint_epoch,
+            "predictions_epoch": final["epoch"] if final and self.predictions else None,
             **self.counts,
             "train_seconds": sum(r["train_seconds"] for r in self.history),
             "wall_seconds": wall_seconds,

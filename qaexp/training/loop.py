@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,6 +23,7 @@ from tqdm.auto import tqdm
 from qaexp.batching import make_train_loader
 from qaexp.config import QAExpConfig, as_dict
 from qaexp.errors import QAExpError, RunInterrupted
+from qaexp.faults import crash_point, set_epoch
 from qaexp.modeling import load_model
 from qaexp.tracking import RunLabels, Tracker
 from qaexp.tracking.rundir import EpochStats
@@ -34,7 +37,15 @@ from qaexp.training.setup import (
     prepare_data_once,
     warn_if_qa_head_untrained,
 )
-from qaexp.training.state import STATE_DIR, Progress, find_state, load_state, save_state
+from qaexp.training.state import (
+    STATE_DIR,
+    Progress,
+    find_state,
+    load_state,
+    recover_state,
+    save_state,
+    saved_predictions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +154,7 @@ class EpochRunner:
         stopped = False
         for batch in bar:
             self.step(batch, tally)
+            crash_point("step")
             progress.batches_done += 1
             windows += batch["input_ids"].shape[0]
             at_check = acc.sync_gradients and self._count_step(progress)
@@ -232,16 +244,24 @@ def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | N
     trainer.epochs=0, evaluate the model as loaded); return the run summary."""
     began = time.time()
     set_seed(cfg.seed)
+    set_epoch(0)
     accelerator = make_accelerator(cfg.hardware, cfg.trainer)
     data = prepare_data_once(cfg, accelerator.main_process_first())
     run_dir = Path(run_dir)
+    if accelerator.is_main_process:
+        recover_state(run_dir)
+    accelerator.wait_for_everyone()
     state_dir = find_state(run_dir, cfg.trainer.resume, cfg.trainer.resume_from)
     engine = build_engine(cfg, data, accelerator)
     progress = Progress(config=as_dict(cfg))
-    if state_dir is not None and cfg.trainer.epochs:
+    if not cfg.trainer.epochs:
+        state_dir = None
+    if state_dir is not None:
         progress = load_state(accelerator, state_dir, progress.config)
+        set_epoch(progress.epoch - 1)  # a resume first publishes its state's last epoch
     batches = len(engine.train_loader) if engine.train_loader else 0
     accumulation = cfg.trainer.gradient_accumulation_steps
+    predictions = saved_predictions(state_dir) if state_dir is not None else None
     with (
         recorded_run(
             cfg,
@@ -253,19 +273,33 @@ def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | N
             labels,
             progress.history,
             state_dir,
+            predictions,
         ) as run,
         GracefulStop() as stop,
     ):
+        if state_dir is not None:
+            republish(run, engine.model, cfg.trainer.save_checkpoint)
         run.announce(optimizer_steps_per_epoch(batches, accumulation))
         epochs = range(progress.epoch, cfg.trainer.epochs + 1) if cfg.trainer.epochs else [0]
         for epoch in epochs:  # trainer.epochs=0 evaluates the model as loaded (epoch 0)
+            set_epoch(epoch)
             progress.epoch = epoch
             if epoch:
                 train_epoch(engine, run, progress, stop, run_dir)
-            finish_epoch(run, engine.model, progress)
+            commit = None
             if epoch and cfg.trainer.save_state:
-                save_state(accelerator, run_dir, progress)
+                commit = partial(save_state, accelerator, run_dir, progress)
+            finish_epoch(run, engine.model, progress, commit)
     return run.summary
+
+
+def republish(run: RecordedRun, model: torch.nn.Module, save_checkpoint: bool) -> None:
+    """A resumed run first publishes what its state covers, in `publish`'s order: the
+    checkpoint (when the state's last epoch is the best and checkpoint/ lacks it), the
+    predictions, the metrics."""
+    if save_checkpoint:
+        run.recorder.reconcile_checkpoint(model, run.data.tokenizer)
+    run.recorder.republish()
 
 
 def train_epoch(
@@ -286,7 +320,7 @@ def train_epoch(
     )
     if runner.run(progress):
         return
-    save_state(run.accelerator, run_dir, progress)
+    save_state(run.accelerator, run_dir, progress, run.recorder.predictions)
     raise RunInterrupted(
         f"Stopped by {stop.signal_name or 'a stop request'} in epoch {progress.epoch} after "
         f"{progress.batches_done} batches; the training state is saved in "
@@ -295,8 +329,16 @@ def train_epoch(
     )
 
 
-def finish_epoch(run: RecordedRun, model: torch.nn.Module, progress: Progress) -> None:
-    """Evaluate and record the epoch, then move `progress` to the next epoch."""
+def finish_epoch(
+    run: RecordedRun,
+    model: torch.nn.Module,
+    progress: Progress,
+    commit: Callable[[dict[str, str]], object] | None = None,
+) -> None:
+    """Evaluate the epoch, move `progress` to the next one, save the state through
+    `commit(predictions)` when given, and only then publish the epoch's files: whatever
+    instant a run stops at, its saved state covers every epoch the run dir shows, or a resume
+    publishes them again from it."""
     trained = progress.batches_done - progress.skipped_steps
     stats = EpochStats(
         loss=progress.loss_sum / trained if progress.epoch and trained else float("nan"),
@@ -305,6 +347,9 @@ def finish_epoch(run: RecordedRun, model: torch.nn.Module, progress: Progress) -
         windows=progress.windows,
         tokens=progress.tokens,
     )
-    run.end_epoch(progress.epoch, progress.global_step, stats, model)
-    progress.history = list(run.recorder.history)
+    record, result = run.evaluate_epoch(progress.epoch, progress.global_step, stats, model)
+    progress.history = [*run.recorder.history, record]
     progress.start_next_epoch()
+    if commit is not None:
+        commit(result.predictions)
+    run.publish(record, result, model)

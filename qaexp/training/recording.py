@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from qaexp.config import QAExpConfig, as_dict
 from qaexp.errors import RunInterrupted
-from qaexp.evaluation import evaluate
+from qaexp.evaluation import EvalResult, evaluate
 from qaexp.tracking import RunLabels, Tracker, make_trackers
 from qaexp.tracking.rundir import EpochStats, RunRecorder
 from qaexp.training.setup import RunData
@@ -73,8 +73,11 @@ class RecordedRun:
             steps_per_epoch,
         )
 
-    def end_epoch(self, epoch: int, step: int, stats: EpochStats, model: torch.nn.Module) -> dict:
-        """Evaluate `model` after `epoch` and record the result; return the metrics record."""
+    def evaluate_epoch(
+        self, epoch: int, step: int, stats: EpochStats, model: torch.nn.Module
+    ) -> tuple[dict, EvalResult]:
+        """Evaluate `model` after `epoch` and log it; return its metrics record and result
+        (nothing is written yet: see `publish`)."""
         cfg, data = self.cfg, self.data
         result = evaluate(
             model,
@@ -97,11 +100,20 @@ class RecordedRun:
             stats.windows / max(stats.seconds, 1e-9),
             result.seconds,
         )
-        record = self.recorder.record_epoch(
-            epoch, step, stats, result, model, data.tokenizer, cfg.trainer.save_checkpoint
+        return self.recorder.add_epoch(epoch, step, stats, result), result
+
+    def publish(self, record: dict, result: EvalResult, model: torch.nn.Module) -> None:
+        """Write an evaluated epoch into the run directory and the trackers."""
+        self.recorder.publish(
+            record, result.predictions, model, self.data.tokenizer, self.cfg.trainer.save_checkpoint
         )
         for tracker in self.trackers:
-            tracker.log_epoch(epoch, step, record)
+            tracker.log_epoch(record["epoch"], record["step"], record)
+
+    def end_epoch(self, epoch: int, step: int, stats: EpochStats, model: torch.nn.Module) -> dict:
+        """Evaluate `model` after `epoch` and record the result; return the metrics record."""
+        record, result = self.evaluate_epoch(epoch, step, stats, model)
+        self.publish(record, result, model)
         return record
 
 
@@ -116,13 +128,14 @@ def recorded_run(
     labels: RunLabels | None = None,
     history: list[dict] = (),
     state_dir: Path | None = None,
+    predictions: dict[str, str] | None = None,
 ) -> Iterator[RecordedRun]:
     """Record a run that started at `began` (time.time()), continuing `history` when resumed
     from `state_dir`; on exit (also on failure) write summary.json with the run's status and
-    finish the trackers."""
+    finish the trackers. Without `state_dir` the run dir starts clean."""
     config = as_dict(cfg)
     recorder = RunRecorder(run_dir, accelerator, config=config, counts=data.counts)
-    recorder.restore(list(history), state_dir)
+    recorder.restore(list(history), state_dir, predictions)
     trackers = make_trackers(cfg, run_dir, config, accelerator.is_main_process, labels)
     run = RecordedRun(cfg, data, accelerator, eval_loader, recorder, trackers)
     status = "failed"
@@ -133,6 +146,11 @@ def recorded_run(
         status = "interrupted"
         raise
     finally:
-        run.summary = recorder.finish(wall_seconds=time.time() - began, status=status)
+        try:
+            run.summary = recorder.finish(wall_seconds=time.time() - began, status=status)
+        except OSError as err:
+            if status == "completed":
+                raise
+            log.error("Could not write the %s run's summary.json: %s", status, err)
         for tracker in trackers:
-            tracker.finish(status, run.summary)
+            tracker.finish(status, run.summary or {"status": status})

@@ -2,8 +2,9 @@
 every process, position in the data, metrics so far), saved into the run directory at the
 end of every epoch and when a run is stopped.
 
-The state is written into a temporary folder and renamed into place, so a crash while saving
-never leaves a corrupt latest state.
+The state is written into a hidden folder (progress.json last: a folder holding it is
+complete) and swapped into place; `recover_state` adopts the complete copy when a crash fell
+between the swap's two renames, so one complete state is always reachable.
 """
 
 from __future__ import annotations
@@ -19,12 +20,19 @@ from accelerate import Accelerator
 
 from qaexp.config import flatten
 from qaexp.errors import QAExpError
-from qaexp.tracking.rundir import replace_dir_atomic, upgrade_record, write_json_atomic
+from qaexp.faults import crash_point
+from qaexp.tracking.rundir import (
+    recover_dir,
+    replace_dir_atomic,
+    upgrade_record,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = "state"
 PROGRESS_FILE = "progress.json"
+PREDICTIONS_FILE = "last_predictions.json"  # predictions.json of the last recorded epoch
 
 # Keys that may change between the interrupted run and its continuation.
 RESUMABLE_CHANGES = (
@@ -69,8 +77,14 @@ class Progress:
         self.loss_sum = self.seconds = 0.0
 
 
-def save_state(accelerator: Accelerator, run_dir: Path, progress: Progress) -> Path:
-    """Save the full training state into run_dir/state (all processes must call this)."""
+def save_state(
+    accelerator: Accelerator,
+    run_dir: Path,
+    progress: Progress,
+    predictions: dict[str, str] | None = None,
+) -> Path:
+    """Save the full training state into run_dir/state (all processes must call this), with
+    the predictions of the last recorded epoch, so a resume can publish them again."""
     target = Path(run_dir) / STATE_DIR
     staged = Path(run_dir) / f".{STATE_DIR}.tmp"
     if accelerator.is_main_process and staged.exists():
@@ -79,10 +93,24 @@ def save_state(accelerator: Accelerator, run_dir: Path, progress: Progress) -> P
     accelerator.save_state(str(staged), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json_atomic(staged / PROGRESS_FILE, asdict(progress))
+        crash_point("state saved")
+        if predictions is not None:
+            write_json_atomic(staged / PREDICTIONS_FILE, predictions)
+        write_json_atomic(staged / PROGRESS_FILE, asdict(progress))  # last: marks it complete
         replace_dir_atomic(staged, target)
     accelerator.wait_for_everyone()
     return target
+
+
+def recover_state(run_dir: Path) -> None:
+    """Bring back the state after a crash mid-save (main process only, before `find_state`)."""
+    recover_dir(Path(run_dir) / STATE_DIR, lambda folder: (folder / PROGRESS_FILE).is_file())
+
+
+def saved_predictions(state_dir: Path) -> dict[str, str] | None:
+    """The predictions saved with a state (None for states written before they were)."""
+    path = Path(state_dir) / PREDICTIONS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def find_state(run_dir: Path, resume: bool, resume_from: str | None) -> Path | None:
