@@ -72,6 +72,9 @@ def assert_same_run(run: Path, reference: Path) -> None:
     for name in ("predictions.json", "summary.json", "state/progress.json"):
         a, b = (json.loads((d / name).read_text()) for d in (run, reference))
         assert without_timing(a) == without_timing(b), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["checkpoint_epoch"] == summary["best_epoch"]
+    assert summary["predictions_epoch"] == summary["epochs"]
     for name in ("checkpoint/model.safetensors", *(f"state/{f}" for f in STATE_FILES)):
         assert_equal_objects(load_any(run / name), load_any(reference / name), name)
     leftovers = [str(p.relative_to(run)) for p in run.rglob(".*")]

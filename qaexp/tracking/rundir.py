@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qaexp.evaluation import EvalResult
@@ -262,9 +263,16 @@ class RunRecorder:
         does not hold it (the run stopped between saving the state and the checkpoint), save
         it from `model`, which holds exactly that epoch's weights."""
         best = self.best
-        if best is None or best is not self.history[-1] or self.checkpoint_epoch == best["epoch"]:
-            return
-        self.save_checkpoint(model, tokenizer, best["epoch"])
+        stale = [
+            self.is_main
+            and best is not None
+            and best is self.history[-1]
+            and self.checkpoint_epoch != best["epoch"]
+        ]
+        if self.accelerator.num_processes > 1:  # the main process knows; all must save
+            broadcast_object_list(stale, from_process=0)
+        if stale[0]:
+            self.save_checkpoint(model, tokenizer, best["epoch"])
 
     @property
     def best(self) -> dict | None:

@@ -40,6 +40,7 @@ from qaexp.training.setup import (
 from qaexp.training.state import (
     STATE_DIR,
     Progress,
+    discard_state,
     find_state,
     load_state,
     recover_state,
@@ -239,6 +240,20 @@ def build_engine(cfg: QAExpConfig, data: RunData, accelerator: Accelerator) -> E
     return Engine(model, train_loader, evaluation, optimizer, scheduler, order)
 
 
+def resume_point(cfg: QAExpConfig, run_dir: Path, accelerator: Accelerator) -> Path | None:
+    """The saved state this run continues from, after recovering one caught mid-swap; None
+    to start from scratch (an earlier attempt's state in the run dir is then dropped)."""
+    if accelerator.is_main_process:
+        recover_state(run_dir)
+    accelerator.wait_for_everyone()
+    state_dir = find_state(run_dir, cfg.trainer.resume, cfg.trainer.resume_from)
+    if not cfg.trainer.epochs:
+        return None
+    if state_dir is None and accelerator.is_main_process:
+        discard_state(run_dir)
+    return state_dir
+
+
 def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | None = None) -> dict:
     """Fine-tune with the Accelerate loop and evaluate after every epoch (or, with
     trainer.epochs=0, evaluate the model as loaded); return the run summary."""
@@ -248,14 +263,9 @@ def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | N
     accelerator = make_accelerator(cfg.hardware, cfg.trainer)
     data = prepare_data_once(cfg, accelerator.main_process_first())
     run_dir = Path(run_dir)
-    if accelerator.is_main_process:
-        recover_state(run_dir)
-    accelerator.wait_for_everyone()
-    state_dir = find_state(run_dir, cfg.trainer.resume, cfg.trainer.resume_from)
+    state_dir = resume_point(cfg, run_dir, accelerator)
     engine = build_engine(cfg, data, accelerator)
     progress = Progress(config=as_dict(cfg))
-    if not cfg.trainer.epochs:
-        state_dir = None
     if state_dir is not None:
         progress = load_state(accelerator, state_dir, progress.config)
         set_epoch(progress.epoch - 1)  # a resume first publishes its state's last epoch

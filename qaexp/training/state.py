@@ -107,6 +107,14 @@ def recover_state(run_dir: Path) -> None:
     recover_dir(Path(run_dir) / STATE_DIR, lambda folder: (folder / PROGRESS_FILE).is_file())
 
 
+def discard_state(run_dir: Path) -> None:
+    """A run that starts from scratch drops the state of an earlier attempt in its run dir
+    (main process only), so a later resume can only continue this run."""
+    for folder in (Path(run_dir) / STATE_DIR, Path(run_dir) / f".{STATE_DIR}.tmp"):
+        if folder.exists():
+            shutil.rmtree(folder)
+
+
 def saved_predictions(state_dir: Path) -> dict[str, str] | None:
     """The predictions saved with a state (None for states written before they were)."""
     path = Path(state_dir) / PREDICTIONS_FILE
