@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import shutil
 import sys
+import traceback
 from importlib.resources import files
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from qaexp.config import QAExpConfig, register_configs
 from qaexp.console import quiet_libraries
 from qaexp.errors import QAExpError, RunInterrupted
 from qaexp.tracking import RunLabels
-from qaexp.tracking.rundir import SUMMARY_FILE, write_json_atomic
+from qaexp.tracking.rundir import SUMMARY_FILE, remove_temporary_files, write_json_atomic
 
 log = logging.getLogger("qaexp")
 
@@ -133,6 +136,61 @@ def report_interrupted(err: RunInterrupted) -> None:
     )
 
 
+def describe_failure(err: BaseException) -> str:
+    """One line naming what failed: for an OS error (a full disk, a permission) its errno and
+    the path, from the error or from the one it was raised from; else the error and where."""
+    chain, seen = [], err
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for failure in chain:
+        if isinstance(failure, OSError) and failure.errno:
+            name = errno.errorcode.get(failure.errno, str(failure.errno))
+            where = f" at {failure.filename}" if failure.filename else ""
+            return f"{failure.strerror or failure} ({name}){where}"
+    frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    place = f" (in {Path(frame.filename).name}:{frame.lineno}, {frame.name})" if frame else ""
+    kind = "missing key " if isinstance(err, KeyError) else ""
+    return f"{type(err).__name__}: {kind}{err}{place}"
+
+
+def log_traceback_to_file(err: BaseException) -> None:
+    """The full traceback into the run's qaexp.log only (stderr gets one paragraph)."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    text = "".join(traceback.format_exception(err))
+    for handler in files:
+        handler.emit(logging.LogRecord("qaexp", logging.ERROR, "", 0, text, None, None))
+
+
+def mark_failed(run_dir: Path, message: str) -> None:
+    """Keep a run dir that holds results (or the traceback) and mark it failed; never let a
+    second error (the disk is still full) hide the first."""
+    remove_temporary_files(run_dir)
+    summary = run_dir / SUMMARY_FILE
+    try:
+        saved = json.loads(summary.read_text()) if summary.is_file() else {}
+        if saved.get("status") != "failed" or "error" not in saved:
+            write_json_atomic(summary, {**saved, "status": "failed", "error": message})
+    except (OSError, ValueError) as err:
+        log.error("Could not mark %s failed: %s", summary, describe_failure(err))
+
+
+def report_unexpected(err: Exception, run_dir: Path) -> str:
+    """The error boundary: one paragraph on stderr, the traceback in qaexp.log, the run dir
+    marked failed."""
+    what = describe_failure(err)
+    log_traceback_to_file(err)
+    message = (
+        f"The run failed: {what}. The full traceback is in {run_dir / 'qaexp.log'}; the run "
+        "directory is marked failed in summary.json (a run with a saved state continues with "
+        "trainer.resume=true once the cause is fixed)."
+    )
+    print(f"[qaexp][ERROR] - {message}", file=sys.stderr)
+    if run_dir.is_dir():
+        mark_failed(run_dir, message)
+    return message
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     try:
@@ -148,11 +206,18 @@ def hydra_main(cfg: DictConfig) -> float:
             # A sweep keeps the failed job's folder, marked failed, for the comparison; the
             # other jobs run, the sweep's end names the failed ones and main() exits 2. An
             # Optuna sweep counts the NaN as a failed trial.
-            if not (run_dir / SUMMARY_FILE).exists():
-                write_json_atomic(run_dir / SUMMARY_FILE, {"status": "failed", "error": str(err)})
+            mark_failed(run_dir, str(err))
             return float("nan")  # no traceback; the sweep goes on and names it at its end
         discard_unfinished_run_dir(run_dir)
+        if run_dir.is_dir():
+            remove_temporary_files(run_dir)
         sys.exit(2)
+    except Exception as err:
+        hydra_cfg = HydraConfig.get()
+        report_unexpected(err, Path(hydra_cfg.runtime.output_dir))
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return float("nan")  # the paragraph is logged; the sweep names the job at its end
+        sys.exit(1)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain
 from typing import Any
 
@@ -29,6 +30,8 @@ import datasets
 import numpy as np
 import pyarrow as pa
 from transformers import PreTrainedTokenizerBase
+
+from qaexp.caches import verified_dataset
 
 
 def _tokenize(
@@ -270,7 +273,8 @@ def build_features(
     """Train or eval windows of a whole dataset, cached by the datasets library.
 
     The cache key is the examples' fingerprint plus the tokenizer, max_length and stride, so
-    any run or sweep job with the same settings reuses the windows instead of rebuilding.
+    any run or sweep job with the same settings reuses the windows instead of rebuilding; a
+    cached file that fails its checksum is rebuilt (qaexp.caches).
     """
     from datasets.fingerprint import Hasher
 
@@ -285,12 +289,33 @@ def build_features(
             FEATURES_VERSION,
         ]
     )
+    build = partial(
+        _map_windows,
+        examples,
+        builder,
+        {"tokenizer": tokenizer, "max_length": max_length, "stride": stride},
+        fingerprint,
+        num_proc,
+    )
+    return verified_dataset(build, f"{'train' if train else 'eval'} windows")
+
+
+def _map_windows(
+    examples: datasets.Dataset,
+    builder,
+    fn_kwargs: dict,
+    fingerprint: str,
+    num_proc: int | None,
+    fresh: bool,
+) -> datasets.Dataset:
+    """One `Dataset.map` of a builder over the examples (fresh: ignore the cached file)."""
     return examples.map(
         builder,
         batched=True,
         remove_columns=examples.column_names,
-        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "stride": stride},
+        fn_kwargs=fn_kwargs,
         new_fingerprint=fingerprint,
         num_proc=num_proc,
-        desc=f"Building {'train' if train else 'eval'} features",
+        load_from_cache_file=not fresh,
+        desc=f"Building {'train' if builder is train_feature_columns else 'eval'} features",
     )

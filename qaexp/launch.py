@@ -19,12 +19,14 @@ import os
 import random
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
 from qaexp.config import HardwareConfig, QAExpConfig, as_dict, from_dict
 from qaexp.console import ConsoleFilter, quiet_libraries
+from qaexp.errors import QAExpError, RunInterrupted
 from qaexp.tracking import RunLabels
 from qaexp.training import train
 from qaexp.training.runtime import resolve_device
@@ -152,7 +154,14 @@ def _worker(config: dict, run_dir: str, labels: RunLabels | None) -> dict:
         handlers.append(logging.FileHandler(Path(run_dir) / "qaexp.log"))
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True)
     quiet_other_ranks(rank)
-    return train(from_dict(config), Path(run_dir), labels)
+    try:
+        return train(from_dict(config), Path(run_dir), labels)
+    except RunInterrupted as err:  # the parent prints the resume command
+        sys.exit(err.exit_code)
+    except QAExpError as err:
+        if rank == 0:
+            log.error("%s", err)
+        sys.exit(2)
 
 
 def launch_workers(
@@ -163,6 +172,7 @@ def launch_workers(
     The rendezvous store listens on a free loopback port picked by the OS, so concurrent
     jobs never collide, and the port and processes are gone when this returns.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -180,13 +190,37 @@ def launch_workers(
     log.info("Starting %d worker processes (torch elastic launcher)", num_processes)
     try:
         results = elastic_launch(launch_config, _worker)(config, str(run_dir), labels)
+    except SignalException as err:  # the launcher was stopped; it stopped the workers
+        raise _interrupted(signal.Signals(err.sigval), run_dir) from None
     except ChildFailedError as err:
-        rank, failure = next(iter(sorted(err.failures.items())))
-        raise RuntimeError(
-            f"Worker rank {rank} of {num_processes} failed (exit code {failure.exitcode}); "
-            f"see its traceback above and the log in {run_dir}."
-        ) from None
+        raise _worker_failure(err.failures, num_processes, run_dir) from None
     return results[0]
+
+
+def _worker_failure(failures: dict, num_processes: int, run_dir: Path) -> Exception:
+    """What the parent raises when workers ended early: a stop (every worker exited 143/130
+    after saving the state), one of qaexp's own errors (exit 2, already reported by the
+    worker), or a crash."""
+    rank, failure = next(iter(sorted(failures.items())))
+    codes = {f.exitcode for f in failures.values()}
+    stops = {128 + int(s): s for s in (signal.SIGTERM, signal.SIGINT)}
+    if codes <= set(stops) | {-int(s) for s in stops.values()}:
+        return _interrupted(stops.get(failure.exitcode, signal.SIGTERM), run_dir)
+    if codes == {2}:
+        return QAExpError(f"Worker rank {rank} of {num_processes} stopped: see its message above.")
+    return RuntimeError(
+        f"Worker rank {rank} of {num_processes} failed (exit code {failure.exitcode}); "
+        f"see its traceback above and the log in {run_dir}."
+    )
+
+
+def _interrupted(sig: signal.Signals, run_dir: Path) -> RunInterrupted:
+    """A stop signal ended a multi-process run: the exit contract of a single process."""
+    return RunInterrupted(
+        f"Stopped by {sig.name}: the workers saved the training state in "
+        f"{run_dir / 'state'} at their last safe point.",
+        128 + int(sig),
+    )
 
 
 def run_job(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | None = None) -> dict:

@@ -22,18 +22,67 @@ from qaexp.hub import ensure_hub_reachable
 log = logging.getLogger(__name__)
 
 
+# A local folder must hold one of each group to be loaded as that part of a checkpoint.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "tokenizer.model",
+    "sentencepiece.bpe.model",
+)
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _missing_files(folder: Path, loader) -> str | None:
+    """What a local checkpoint folder lacks for `loader` (None: nothing): transformers would
+    otherwise fall back silently (a 5-token vocabulary without tokenizer files)."""
+    names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    if loader is AutoTokenizer:
+        wanted = TOKENIZER_FILES
+    elif loader is AutoModelForQuestionAnswering:
+        wanted = WEIGHT_FILES
+    else:
+        wanted = ("config.json",)
+    if folder.is_dir() and not names & set(wanted):
+        return f"it has no {' / '.join(wanted)}"
+    if folder.is_dir() and loader is not AutoTokenizer and "config.json" not in names:
+        return "it has no config.json"
+    return None
+
+
+def _load_local(loader, folder: Path, key: str, **kwargs):
+    """`loader.from_pretrained` of a local folder, refusing missing and unreadable files."""
+    missing = _missing_files(folder, loader)
+    if missing:
+        raise QAExpError(
+            f"{key}={folder} is not a complete checkpoint: {missing}. Point it at a folder "
+            "written by save_pretrained (config.json, weights, tokenizer files), e.g. a qaexp "
+            "run's checkpoint/."
+        )
+    try:
+        return loader.from_pretrained(str(folder), **kwargs)
+    except QAExpError:
+        raise
+    except Exception as err:  # corrupt weights raise OSError, ValueError, RuntimeError, ...
+        raise QAExpError(
+            f"{key}={folder} is a local path but not a loadable Hugging Face checkpoint: "
+            f"{type(err).__name__}: {str(err)[:300]}. The files in it may be truncated or "
+            "corrupt; point it at a folder written by save_pretrained (config.json, weights, "
+            "tokenizer files)."
+        ) from err
+
+
 def _from_pretrained(loader, name_or_path: str, key: str, **kwargs):
     """`loader.from_pretrained` with a clear error; the Hub is only asked when the name is
     neither a local folder nor in the local cache."""
     if Path(name_or_path).expanduser().exists():
-        try:
-            return loader.from_pretrained(str(Path(name_or_path).expanduser()), **kwargs)
-        except (OSError, ValueError) as err:
-            raise QAExpError(
-                f"{key}={name_or_path} is a local path but not a loadable Hugging Face "
-                f"checkpoint ({err}). Point it at a folder written by save_pretrained "
-                "(config.json, weights, tokenizer files)."
-            ) from err
+        return _load_local(loader, Path(name_or_path).expanduser(), key, **kwargs)
     try:
         return loader.from_pretrained(name_or_path, local_files_only=True, **kwargs)
     except (OSError, ValueError):
@@ -48,10 +97,51 @@ def _from_pretrained(loader, name_or_path: str, key: str, **kwargs):
         ) from err
 
 
+def check_qa_config(config, name: str, key: str) -> None:
+    """A question-answering head has two outputs (start and end logits): refuse others."""
+    if getattr(config, "num_labels", 2) != 2:
+        architectures = ", ".join(config.architectures or []) or type(config).__name__
+        raise QAExpError(
+            f"{key}={name} has a head with {config.num_labels} outputs ({architectures}, "
+            "config.json num_labels), not a question-answering head (2: start and end). Use a "
+            "question-answering checkpoint or a base model."
+        )
+
+
+def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, config, name: str, key: str) -> None:
+    """The tokenizer must belong to the model: its ids must fit the model's embeddings, and
+    a vocabulary far smaller than them means the wrong (or a fallback) tokenizer."""
+    size, embeddings = len(tokenizer), getattr(config, "vocab_size", None)
+    if embeddings and (size > embeddings or size < embeddings // 2):
+        raise QAExpError(
+            f"{key}={name}: its tokenizer has {size} tokens but the model's embeddings have "
+            f"{embeddings} (config.json vocab_size), so it is not this model's tokenizer. Check "
+            "the tokenizer files in the folder (tokenizer.json, vocab.txt) or model.tokenizer."
+        )
+
+
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The run's tokenizer, checked against the model's config (see check_tokenizer_fits)."""
     name = cfg.tokenizer or cfg.name_or_path
     key = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
-    return _require_fast(_from_pretrained(AutoTokenizer, name, key), name, key)
+    tokenizer = _require_fast(_from_pretrained(AutoTokenizer, name, key), name, key)
+    check_tokenizer_fits(tokenizer, model_config(cfg), name, key)
+    return tokenizer
+
+
+def model_config(cfg: ModelConfig):
+    """The model's config: the checkpoint's, with ``cfg.architecture`` applied for
+    init=random; refused when its head is not a question-answering head."""
+    config = _from_pretrained(AutoConfig, cfg.name_or_path, "model.name_or_path")
+    check_qa_config(config, cfg.name_or_path, "model.name_or_path")
+    if cfg.init == ModelInit.random:
+        for key, value in cfg.architecture.items():
+            if not hasattr(config, key):
+                raise QAExpError(
+                    f"model.architecture.{key}: {type(config).__name__} has no such setting."
+                )
+            setattr(config, key, value)
+    return config
 
 
 def _require_fast(tokenizer: PreTrainedTokenizerBase, name: str, key: str):
@@ -68,14 +158,8 @@ def load_model(cfg: ModelConfig) -> PreTrainedModel:
     random initialisation of the checkpoint's architecture with ``cfg.architecture`` applied."""
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     if cfg.init == ModelInit.random:
-        config = _from_pretrained(AutoConfig, cfg.name_or_path, "model.name_or_path")
-        for key, value in cfg.architecture.items():
-            if not hasattr(config, key):
-                raise QAExpError(
-                    f"model.architecture.{key}: {type(config).__name__} has no such setting."
-                )
-            setattr(config, key, value)
-        return AutoModelForQuestionAnswering.from_config(config, **kwargs)
+        return AutoModelForQuestionAnswering.from_config(model_config(cfg), **kwargs)
+    model_config(cfg)  # refuses a head that is not a QA head before loading weights
     model = _from_pretrained(
         AutoModelForQuestionAnswering, cfg.name_or_path, "model.name_or_path", **kwargs
     )
@@ -137,6 +221,9 @@ def load_qa_checkpoint(
             "Hub model id such as distilbert-base-cased-distilled-squad."
         )
     tokenizer = _require_fast(_from_pretrained(AutoTokenizer, name_or_path, key), name_or_path, key)
+    config = _from_pretrained(AutoConfig, name_or_path, key)
+    check_qa_config(config, name_or_path, key)
+    check_tokenizer_fits(tokenizer, config, name_or_path, key)
     model = _from_pretrained(AutoModelForQuestionAnswering, name_or_path, key)
     if not is_qa_checkpoint(model):
         log.warning(

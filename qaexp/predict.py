@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import get_type_hints
@@ -192,6 +193,20 @@ def default_output(cfg: PredictConfig) -> Path:
     return source.with_name(f"{source.stem}.predictions.json")
 
 
+def check_writable(output: Path) -> None:
+    """Refuse an output that cannot be written before any answer is computed."""
+    probe = output.with_name(f".{output.name}.{os.getpid()}.probe")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise QAExpError(
+            f"output={output}: cannot write there ({err.strerror or err}). Choose a folder "
+            "you can write to."
+        ) from err
+
+
 def show(answers: dict | list) -> None:
     """Print one question's answer(s): stdout is this tool's product, so print, not log."""
     ranked = answers if isinstance(answers, list) else [answers]
@@ -249,6 +264,8 @@ def run(cfg: PredictConfig) -> None:
     from qaexp.answering import pipeline  # torch and transformers: only once input is checked
 
     examples = read_questions(cfg.input) if cfg.input is not None else None  # fail fast
+    if examples is not None:
+        check_writable(default_output(cfg))
     device = None if cfg.device == "auto" else cfg.device
     qa = pipeline(
         cfg.checkpoint,

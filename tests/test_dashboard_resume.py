@@ -16,7 +16,7 @@ from qaexp.tracking.wandb_tracker import RUN_ID_FILE, WandbTracker
 from tests.conftest import read_jsonl, small_config
 from tests.wandb_records import read_offline_run
 
-RUN = ["trainer.epochs=2", "trainer.log_every_n_steps=1", "trainer.save_checkpoint=false"]
+RUN = ["trainer.epochs=2", "trainer.log_every_n_steps=1", "trainer.save_checkpoint=none"]
 OFFLINE_WANDB = ["logger=wandb", "logger.mode=offline"]
 STOP_AT = 3  # the optimizer step after which the job gets SIGTERM
 LABELS = RunLabels("resume", "job")
@@ -77,7 +77,7 @@ def test_a_new_run_in_the_same_folder_gets_a_new_wandb_run(tmp_path):
 
     run_dir = tmp_path / "run"
     for _ in range(2):
-        train(small_config(*OFFLINE_WANDB, "trainer.save_checkpoint=false"), run_dir, LABELS)
+        train(small_config(*OFFLINE_WANDB, "trainer.save_checkpoint=none"), run_dir, LABELS)
     runs = offline_runs(run_dir)
     assert len({r.run_id for r in runs}) == 2
     assert (run_dir / "wandb" / RUN_ID_FILE).read_text() == runs[-1].run_id

@@ -176,7 +176,7 @@ def test_a_trial_stopped_by_a_signal_is_failed_and_its_point_queued(tmp_path):
 # pruned), so the outcome of each trial is known in advance.
 SEARCH = [
     *SMALL_RUN,
-    "trainer.save_checkpoint=false",
+    "trainer.save_checkpoint=none",
     "hparams_search=optuna",
     "max_length=128",
     "stride=32",

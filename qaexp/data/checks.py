@@ -20,26 +20,51 @@ def question_record(item: object, where: str) -> dict[str, str]:
     for key in ("question", "context"):
         if not isinstance(item.get(key), str):
             raise QAExpError(f"{where} needs a string {key!r}, got {item.get(key)!r:.80}.")
+        if not item[key].strip():
+            raise QAExpError(f"{where} has an empty {key!r}: there is nothing to answer.")
     return {"question": item["question"], "context": item["context"]}
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _points_at(context: str, text: object, start: object) -> bool:
+    """answer_start inside the context, pointing at a non-empty answer text."""
+    return (
+        _is_text(text)
+        and isinstance(start, int)
+        and 0 <= start
+        and start + len(text) <= len(context)
+        and context[start : start + len(text)] == text
+    )
 
 
 def _answer_problems(
     examples: datasets.Dataset, allow_unanswerable: bool = False
-) -> tuple[list[int], list[int]]:
-    """Rows without any answer (none when unanswerable questions are allowed), and rows with
-    an answer whose answer_start does not point at its text in the context."""
-    contexts = examples["context"]
-    answers = examples["answers"]
-    missing, misplaced = [], []
-    for row, (context, answer) in enumerate(zip(contexts, answers, strict=True)):
-        texts, starts = answer["text"], answer["answer_start"]
-        if allow_unanswerable and not texts and not starts:
+) -> tuple[list[int], list[int], list[int]]:
+    """Rows whose question or context is missing or blank; rows without any answer (none when
+    unanswerable questions are allowed); rows with an answer whose answer_start lies outside
+    the context or does not point at its (non-empty) text."""
+    blank, missing, misplaced = [], [], []
+    rows = zip(examples["question"], examples["context"], examples["answers"], strict=True)
+    for row, (question, context, answer) in enumerate(rows):
+        texts = (answer or {}).get("text") or []
+        starts = (answer or {}).get("answer_start") or []
+        if not _is_text(question) or not _is_text(context):
+            blank.append(row)
+        elif allow_unanswerable and not texts and not starts:
             continue
-        if not texts or len(texts) != len(starts):
+        elif not texts or len(texts) != len(starts):
             missing.append(row)
-        elif any(context[s : s + len(t)] != t for t, s in zip(texts, starts, strict=True)):
+        elif not all(_points_at(context, t, s) for t, s in zip(texts, starts, strict=True)):
             misplaced.append(row)
-    return missing, misplaced
+    return blank, missing, misplaced
+
+
+def _id_problems(examples: datasets.Dataset) -> list[str]:
+    """Ids that are null or blank."""
+    return [repr(i) for i in examples["id"] if not _is_text(i)]
 
 
 def _duplicate_ids(examples: datasets.Dataset) -> list[str]:
@@ -51,12 +76,33 @@ def _duplicate_ids(examples: datasets.Dataset) -> list[str]:
     return repeated
 
 
+def _drop_training_rows(
+    examples: datasets.Dataset, blank: list[int], missing: list[int], misplaced: list[int]
+) -> datasets.Dataset:
+    """Training examples without a usable question, context or answer: counted, reported and
+    left out (never trained on)."""
+    bad = set(blank) | set(missing) | set(misplaced)
+    log.warning(
+        "Leaving %d of %d training examples out: %d with an empty question or context, %d "
+        "without an answer, %d whose answer_start lies outside the context or does not point "
+        "at the answer text (first ids: %s)",
+        len(bad),
+        len(examples),
+        len(blank),
+        len(missing),
+        len(misplaced),
+        ", ".join(map(str, examples.select(sorted(bad)[:3])["id"])),
+    )
+    return examples.select([i for i in range(len(examples)) if i not in bad])
+
+
 def check_examples(
     raw: datasets.DatasetDict, allow_unanswerable: bool = False
 ) -> tuple[datasets.DatasetDict, dict[str, int]]:
-    """Refuse duplicate ids and empty splits; leave training examples with a missing or
-    misplaced answer out of training (counted and reported, never trained on). With
-    `allow_unanswerable` (SQuAD v2.0) a question without answers is kept, not missing."""
+    """Refuse duplicate, null or empty ids and empty splits, and evaluation questions with an
+    empty question or context; leave training examples with an empty question or context, or
+    a missing or misplaced answer, out of training (counted and reported, never trained on).
+    With `allow_unanswerable` (SQuAD v2.0) a question without answers is kept, not missing."""
     report: dict[str, int] = {}
     for split, examples in raw.items():
         if len(examples) == 0:
@@ -67,21 +113,23 @@ def check_examples(
                 f"The {split} split has {len(repeated)} duplicate question id(s) (first: "
                 f"{repeated[0]!r}); every question needs its own id for predictions and scores."
             )
-        missing, misplaced = _answer_problems(examples, allow_unanswerable)
+        bad_ids = _id_problems(examples)
+        if bad_ids:
+            raise QAExpError(
+                f"The {split} split has {len(bad_ids)} question(s) with a null or empty id "
+                f"(first: {bad_ids[0]}); every question needs its own id."
+            )
+        blank, missing, misplaced = _answer_problems(examples, allow_unanswerable)
+        report[f"{split}_blank_questions"] = len(blank)
         report[f"{split}_without_answer"] = len(missing)
         report[f"{split}_misplaced_answers"] = len(misplaced)
-        if split == "train" and (missing or misplaced):
-            bad = set(missing) | set(misplaced)
-            log.warning(
-                "Leaving %d of %d training examples out: %d without an answer, %d whose "
-                "answer_start does not point at the answer text (first ids: %s)",
-                len(bad),
-                len(examples),
-                len(missing),
-                len(misplaced),
-                ", ".join(examples.select(sorted(bad)[:3])["id"]),
+        if split == "train" and (blank or missing or misplaced):
+            raw[split] = _drop_training_rows(examples, blank, missing, misplaced)
+        elif blank:
+            raise QAExpError(
+                f"{len(blank)} {split} question(s) have an empty or null question or context "
+                f"(first id: {examples[blank[0]]['id']!r}); they cannot be answered."
             )
-            raw[split] = examples.select([i for i in range(len(examples)) if i not in bad])
         elif split != "train" and missing:
             raise QAExpError(
                 f"{len(missing)} {split} question(s) have no gold answer (first id: "

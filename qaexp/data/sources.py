@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
 
+from qaexp.caches import verified_dataset
 from qaexp.config import ColumnsConfig, DataConfig, DataSource
 from qaexp.errors import QAExpError
 from qaexp.hub import ensure_hub_reachable
@@ -108,9 +110,8 @@ def load_squad_json(path: str | None, key: str, cache_dir: str | None = None) ->
         )
     stat = file.stat()
     try:
-        return datasets.Dataset.from_generator(
+        return materialise(
             _iter_squad_json,
-            features=SQUAD_FEATURES,
             cache_dir=cache_dir,
             # The file's identity and state are part of the cache key, so an edited file is
             # re-read while an unchanged one is reused.
@@ -144,13 +145,13 @@ def _iter_squad_json(path: str, stamp: str) -> Iterator[dict]:
             + (" It holds a list of flat records: use data=files for those." if flat else "")
         )
     for a, article in enumerate(document["data"]):
-        for p, paragraph in enumerate(_field(article, "paragraphs", path, f"data[{a}]")):
+        paragraphs = _typed_field(article, "paragraphs", list, path, f"data[{a}]")
+        title = _title(article, path, f"data[{a}]")
+        for p, paragraph in enumerate(paragraphs):
             where = f"data[{a}].paragraphs[{p}]"
-            context = _field(paragraph, "context", path, where)
-            for q, qa in enumerate(_field(paragraph, "qas", path, where)):
-                yield _squad_record(
-                    qa, article.get("title", ""), context, path, f"{where}.qas[{q}]"
-                )
+            context = _typed_field(paragraph, "context", str, path, where)
+            for q, qa in enumerate(_typed_field(paragraph, "qas", list, path, where)):
+                yield _squad_record(qa, title, context, path, f"{where}.qas[{q}]")
 
 
 def _field(record: object, name: str, path: str, where: str):
@@ -159,24 +160,58 @@ def _field(record: object, name: str, path: str, where: str):
     return record[name]
 
 
-def _squad_record(qa: dict, title: str, context: str, path: str, where: str) -> dict:
-    try:
-        answers = [] if qa.get("is_impossible") else qa.get("answers", [])
-        return {
-            "id": str(_field(qa, "id", path, where)),
-            "title": title,
-            "context": context,
-            "question": _field(qa, "question", path, where),
-            "answers": {
-                "text": [a["text"] for a in answers],
-                "answer_start": [int(a["answer_start"]) for a in answers],
-            },
-        }
-    except (KeyError, TypeError, ValueError) as err:
+def _typed_field(record: object, name: str, kind: type, path: str, where: str):
+    """record[name], refused (naming the place) when missing, null or of another type."""
+    value = _field(record, name, path, where)
+    if not isinstance(value, kind) or isinstance(value, bool):
         raise QAExpError(
-            f"{path}: the question at {where} has a malformed answer ({type(err).__name__}: "
-            f"{err}); each answer needs 'text' and an integer 'answer_start'."
-        ) from err
+            f"{path}: {where}.{name} must be a {kind.__name__}, got {value!r:.60} "
+            f"({type(value).__name__})."
+        )
+    return value
+
+
+def _title(article: object, path: str, where: str) -> str:
+    title = article.get("title", "") if isinstance(article, dict) else ""
+    if not isinstance(title, str):
+        raise QAExpError(f"{path}: {where}.title must be a string, got {title!r:.60}.")
+    return title
+
+
+def _question_id(qa: object, path: str, where: str) -> str:
+    """The id as a string: strings and integers only, so that no two ids can collide or
+    split after conversion (null -> "None", 1.0 -> "1.0" beside 1 -> "1")."""
+    value = _field(qa, "id", path, where)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise QAExpError(
+            f"{path}: {where}.id must be a string or an integer, got {value!r:.60} "
+            f"({type(value).__name__})."
+        )
+    return str(value)
+
+
+def _answer(answer: object, path: str, where: str) -> tuple[str, int]:
+    text = _typed_field(answer, "text", str, path, where)
+    start = _typed_field(answer, "answer_start", int, path, where)
+    return text, start
+
+
+def _squad_record(qa: dict, title: str, context: str, path: str, where: str) -> dict:
+    example_id = _question_id(qa, path, where)
+    question = _typed_field(qa, "question", str, path, where)
+    answers = qa.get("answers", []) if isinstance(qa, dict) else []
+    if isinstance(qa, dict) and qa.get("is_impossible"):  # SQuAD v2.0: no answer
+        answers = []
+    if not isinstance(answers, list):
+        raise QAExpError(f"{path}: {where}.answers must be a list, got {answers!r:.60}.")
+    pairs = [_answer(a, path, f"{where}.answers[{i}]") for i, a in enumerate(answers)]
+    return {
+        "id": example_id,
+        "title": title,
+        "context": context,
+        "question": question,
+        "answers": {"text": [t for t, _ in pairs], "answer_start": [s for _, s in pairs]},
+    }
 
 
 def _load_synthetic(cfg: DataConfig, splits: tuple[str, ...]) -> datasets.DatasetDict:
@@ -186,9 +221,8 @@ def _load_synthetic(cfg: DataConfig, splits: tuple[str, ...]) -> datasets.Datase
     sizes = {"train": syn.train_size, "validation": syn.eval_size}
     return datasets.DatasetDict(
         {
-            split: datasets.Dataset.from_generator(
+            split: materialise(
                 iter_examples,
-                features=SQUAD_FEATURES,
                 cache_dir=cfg.cache_dir,
                 gen_kwargs={
                     "num_examples": sizes[split],
@@ -343,3 +377,19 @@ def _starts(values: list, where: str, row: int) -> list[int]:
             f"{where}: row {row} has an answer start that is not an integer ({values!r:.80}); "
             "answer_start is the character offset of the answer in the context."
         ) from err
+
+
+def materialise(generator, cache_dir: str | None, gen_kwargs: dict) -> datasets.Dataset:
+    """The generator's records as a Dataset in the squad schema, materialised into the
+    datasets cache; a cached copy that is damaged is rebuilt (qaexp.caches)."""
+    from datasets.io.generator import GeneratorDatasetInputStream
+
+    def build(fresh: bool) -> datasets.Dataset:
+        stream = GeneratorDatasetInputStream(
+            generator=generator, features=SQUAD_FEATURES, cache_dir=cache_dir, gen_kwargs=gen_kwargs
+        )
+        if fresh:
+            shutil.rmtree(stream.builder.cache_dir, ignore_errors=True)
+        return stream.read()
+
+    return verified_dataset(build, f"data of {generator.__name__}({gen_kwargs})")

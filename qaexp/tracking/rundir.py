@@ -1,7 +1,10 @@
 """The run directory contract: metrics.jsonl, predictions.json, summary.json, checkpoint/.
 
 Files are written atomically (a temporary file renamed into place), so a crash never leaves
-a half-written result behind; metrics.jsonl gains one complete line per epoch.
+a half-written result behind; metrics.jsonl is rewritten whole, one line per recorded epoch.
+Each result records the epoch it holds (checkpoint/qaexp_epoch.json, and summary.json's
+checkpoint_epoch / predictions_epoch), so a resumed run can bring them back in line with its
+state (see the crash model in the README).
 """
 
 from __future__ import annotations
@@ -19,18 +22,21 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qaexp.config import CheckpointPolicy
 from qaexp.evaluation import SQUAD_V2_KEYS, EvalResult
+from qaexp.faults import crash_point
 
 METRICS_FILE = "metrics.jsonl"
 PREDICTIONS_FILE = "predictions.json"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_EPOCH_FILE = "qaexp_epoch.json"  # in checkpoint/: the epoch its weights are from
 NULL_ODDS_FILE = "null_odds.json"  # SQuAD v2.0: id -> null odds, the official na-prob file
 # SQuAD v2.0: the checkpoint's "no answer" threshold, read by qaexp.pipeline and predict.
 NULL_THRESHOLD_FILE = "null_threshold.json"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_DIR = "checkpoint"
 # Set by the parallel sweep launcher (hydra/launcher=parallel): the job's devices, as JSON.
 JOB_DEVICES_ENV = "QAEXP_JOB_DEVICES"
 
@@ -70,13 +76,17 @@ class EpochStats:
 @contextmanager
 def replaced_atomically(path: Path) -> Iterator[Path]:
     """A temporary path beside `path` to write; renamed onto `path` when the block succeeds,
-    removed when it fails. A reader (or a crash) sees the old file or the new one, never a
-    part. The temporary name is the process's own, so concurrent writers never share one."""
+    removed when it fails (a failed write raises an OSError naming `path`). A reader (or a
+    crash) sees the old file or the new one, never a part. The temporary name is the
+    process's own, so concurrent writers (jobs of a sweep) never share one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
+        crash_point(f"rename {path.name}")
         os.replace(tmp, path)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -121,11 +131,10 @@ def upgrade_record(record: dict) -> dict:
     return {RENAMED_KEYS.get(key, key): value for key, value in record.items()}
 
 
-def append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    """metrics.jsonl holding exactly `history`, one line per epoch (rewritten whole, so it
+    never holds a torn line or an epoch that the run's state does not cover)."""
+    write_text_atomic(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -136,16 +145,52 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [upgrade_record(json.loads(line)) for line in lines if line.strip()]
 
 
+def _hidden(target: Path, suffix: str) -> Path:
+    return target.with_name(f".{target.name}.{suffix}")
+
+
 def replace_dir_atomic(staged: Path, target: Path) -> None:
-    """Move a fully written folder into place, replacing any previous one."""
-    old = target.with_name(f".{target.name}.old")
+    """Move a fully written folder into place, replacing any previous one. Between the two
+    renames neither name holds a folder; `recover_dir` finds the complete copy again."""
+    old = _hidden(target, "old")
     if old.exists():
         shutil.rmtree(old)
     if target.exists():
         os.replace(target, old)
+    crash_point(f"swap {target.name}")
     os.replace(staged, target)
+    crash_point(f"swapped {target.name}")
     if old.exists():
         shutil.rmtree(old)
+
+
+def recover_dir(target: Path, is_complete) -> None:
+    """After a crash in `replace_dir_atomic` or while staging: if `target` is gone, adopt the
+    newest complete hidden copy (the staged one, else the old one); then remove both."""
+    staged, old = _hidden(target, "tmp"), _hidden(target, "old")
+    if not target.exists():
+        for candidate in (staged, old):
+            if candidate.is_dir() and is_complete(candidate):
+                os.replace(candidate, target)
+                break
+    for leftover in (staged, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+
+
+def remove_temporary_files(folder: Path) -> None:
+    """Temporary files of `write_text_atomic` left in `folder` by a killed process."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
+def checkpoint_epoch(folder: Path) -> int | None:
+    """The epoch whose weights a checkpoint folder holds (None: unknown or incomplete)."""
+    try:
+        return json.loads((Path(folder) / CHECKPOINT_EPOCH_FILE).read_text())["epoch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def job_devices() -> dict | None:
@@ -194,7 +239,12 @@ def keeps_checkpoint(policy: CheckpointPolicy, improved: bool) -> bool:
 
 class RunRecorder:
     """Writes the run directory from the main process: one line per epoch, the latest
-    predictions, the best checkpoint, and the summary at the end."""
+    predictions, the best checkpoint, and the summary at the end.
+
+    An epoch is first evaluated (`add_epoch`, in memory), then published (`publish`): the
+    checkpoint when it improved, predictions.json, and metrics.jsonl last. The Accelerate loop
+    saves its state between the two, so a resumed run can always publish again what its state
+    covers (`restore`, `reconcile_checkpoint`)."""
 
     def __init__(
         self, run_dir: Path, accelerator: Accelerator, config: dict, counts: dict[str, int]
@@ -204,38 +254,101 @@ class RunRecorder:
         self.is_main = accelerator.is_main_process
         self.config = config
         self.counts = counts
-        self.history: list[dict] = []
+        self.history: list[dict] = []  # the published epochs
+        self.predictions: dict[str, str] | None = None  # of the last published epoch
+        self.null_odds: dict[str, float] | None = None  # SQuAD v2.0: of the same epoch
+        self.checkpoint_epoch: int | None = None
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
-    def restore(self, history: list[dict], state_dir: Path | None) -> None:
-        """Continue a resumed run: its epochs so far, and (from another run directory) its
-        best checkpoint. metrics.jsonl is rewritten to hold exactly those epochs."""
-        self.history = list(history)
-        if not self.is_main or state_dir is None:
+    def reset(self) -> None:
+        """A run that starts from scratch: no result of an earlier attempt in this run dir
+        survives (a kill before the first state was saved leaves nothing to continue)."""
+        if not self.is_main:
             return
-        lines = "".join(json.dumps(r) + "\n" for r in self.history)
-        write_text_atomic(self.run_dir / METRICS_FILE, lines)
-        source = Path(state_dir).resolve().parent / CHECKPOINT_DIR
+        remove_temporary_files(self.run_dir)
+        for name in (METRICS_FILE, PREDICTIONS_FILE, NULL_ODDS_FILE, SUMMARY_FILE):
+            (self.run_dir / name).unlink(missing_ok=True)
+        checkpoint = self.run_dir / CHECKPOINT_DIR
+        model = str(self.config.get("model", {}).get("name_or_path", ""))
+        evaluated_here = model and Path(model).expanduser().resolve() == checkpoint.resolve()
+        for folder in (checkpoint, _hidden(checkpoint, "tmp"), _hidden(checkpoint, "old")):
+            if folder.exists() and not evaluated_here:
+                shutil.rmtree(folder)
+
+    def restore(
+        self, history: list[dict], state_dir: Path | None, answers: dict | None = None
+    ) -> None:
+        """Continue a resumed run: its epochs so far, their last answers (predictions, null
+        odds) and (from another run directory) its best checkpoint (then
+        `reconcile_checkpoint`, `republish`). Without a state: start clean (`reset`)."""
+        if state_dir is None:
+            self.reset()
+            return
+        self.history = list(history)
+        self.predictions = (answers or {}).get("predictions")
+        self.null_odds = (answers or {}).get("null_odds")
+        if not self.is_main:
+            return
+        remove_temporary_files(self.run_dir)
         target = self.run_dir / CHECKPOINT_DIR
+        recover_dir(target, lambda folder: checkpoint_epoch(folder) is not None)
+        remove_temporary_files(target)  # e.g. of the model card, written at the run's end
+        source = Path(state_dir).resolve().parent / CHECKPOINT_DIR
         if source.is_dir() and source.resolve() != target.resolve():
             shutil.copytree(source, target, dirs_exist_ok=True)
+        self.checkpoint_epoch = checkpoint_epoch(target)
+
+    def republish(self) -> None:
+        """After `restore` (and `reconcile_checkpoint`): predictions.json and metrics.jsonl
+        rewritten to hold exactly what the state covers, in the order `publish` writes them."""
+        if not self.is_main:
+            return
+        self._write_answers(self.predictions, self.null_odds)
+        write_metrics(self.run_dir, self.history)
+
+    def _write_answers(
+        self, predictions: dict[str, str] | None, null_odds: dict[str, float] | None
+    ) -> None:
+        if null_odds is not None:
+            write_json_atomic(self.run_dir / NULL_ODDS_FILE, null_odds)
+        if predictions is not None:
+            write_json_atomic(self.run_dir / PREDICTIONS_FILE, predictions)
+
+    @property
+    def answers(self) -> dict:
+        """The last published epoch's answers, as a state saves them."""
+        return {"predictions": self.predictions, "null_odds": self.null_odds}
+
+    def reconcile_checkpoint(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, policy: CheckpointPolicy
+    ) -> None:
+        """After a resume: when the state's last epoch is the one `policy` keeps (the best, or
+        the last) but checkpoint/ does not hold it (the run stopped between saving the state
+        and the checkpoint), save it from `model`, which holds exactly that epoch's weights."""
+        if policy == CheckpointPolicy.best:
+            kept = self.best
+        else:
+            kept = self.history[-1] if self.history else None
+        stale = [
+            self.is_main
+            and policy != CheckpointPolicy.none
+            and bool(kept)
+            and kept is self.history[-1]
+            and self.checkpoint_epoch != kept["epoch"]
+        ]
+        if self.accelerator.num_processes > 1:  # the main process knows; all must save
+            broadcast_object_list(stale, from_process=0)
+        if stale[0]:
+            self.save_checkpoint(model, tokenizer, kept["epoch"], null_threshold_record(kept))
 
     @property
     def best(self) -> dict | None:
         return max(self.history, key=lambda r: r["f1"], default=None)
 
-    def record_epoch(
-        self,
-        epoch: int,
-        step: int,
-        stats: EpochStats,
-        result: EvalResult,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        save_checkpoint: CheckpointPolicy,
-    ) -> dict:
-        record = {
+    def add_epoch(self, epoch: int, step: int, stats: EpochStats, result: EvalResult) -> dict:
+        """The metrics record of an evaluated epoch (nothing is written yet)."""
+        return {
             "epoch": epoch,
             "step": step,
             "train_loss": stats.loss if math.isfinite(stats.loss) else None,
@@ -246,31 +359,57 @@ class RunRecorder:
             "train_tokens_per_second": stats.tokens / stats.seconds if stats.seconds else None,
             "eval_seconds": result.seconds,
             "eval_windows_per_second": result.windows_per_second,
+            **(result.squad_v2 or {}),
         }
-        if result.squad_v2 is not None:
-            record.update(result.squad_v2)
+
+    def publish(
+        self,
+        record: dict,
+        result: EvalResult,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        policy: CheckpointPolicy,
+    ) -> None:
+        """Write an evaluated epoch: the checkpoint as `policy` says, the answers (null odds,
+        then predictions), metrics last."""
         improved = self.best is None or record["f1"] > self.best["f1"]
-        self.history.append(record)
-        if keeps_checkpoint(save_checkpoint, improved):
-            self.save_checkpoint(model, tokenizer, null_threshold_record(record))
+        if keeps_checkpoint(policy, improved):
+            self.save_checkpoint(model, tokenizer, record["epoch"], null_threshold_record(record))
         if self.is_main:
-            write_json_atomic(self.run_dir / PREDICTIONS_FILE, result.predictions)
-            if result.null_odds is not None:
-                write_json_atomic(self.run_dir / NULL_ODDS_FILE, result.null_odds)
-            append_jsonl(self.run_dir / METRICS_FILE, record)
+            self._write_answers(result.predictions, result.null_odds)
+            write_metrics(self.run_dir, [*self.history, record])
+        self.history.append(record)
+        self.predictions, self.null_odds = result.predictions, result.null_odds
+        crash_point("published")
+
+    def record_epoch(
+        self,
+        epoch: int,
+        step: int,
+        stats: EpochStats,
+        result: EvalResult,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        policy: CheckpointPolicy,
+    ) -> dict:
+        """`add_epoch` and `publish` in one go (engines without a state of their own)."""
+        record = self.add_epoch(epoch, step, stats, result)
+        self.publish(record, result, model, tokenizer, policy)
         return record
 
     def save_checkpoint(
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
+        epoch: int,
         null_threshold: dict | None = None,
     ) -> None:
-        """model + tokenizer as a plain save_pretrained folder (with the SQuAD v2.0 null
-        threshold when given), swapped in whole."""
+        """model + tokenizer as a plain save_pretrained folder with the epoch it holds (and
+        the SQuAD v2.0 null threshold when given), swapped in whole."""
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            staged = self.run_dir / f".{CHECKPOINT_DIR}.tmp"
+            target = self.run_dir / CHECKPOINT_DIR
+            staged = _hidden(target, "tmp")
             if staged.exists():
                 shutil.rmtree(staged)
             self.accelerator.unwrap_model(model).save_pretrained(
@@ -279,7 +418,10 @@ class RunRecorder:
             tokenizer.save_pretrained(staged)
             if null_threshold is not None:
                 write_json_atomic(staged / NULL_THRESHOLD_FILE, null_threshold)
-            replace_dir_atomic(staged, self.run_dir / CHECKPOINT_DIR)
+            crash_point("checkpoint staged")
+            write_json_atomic(staged / CHECKPOINT_EPOCH_FILE, {"epoch": epoch})
+            replace_dir_atomic(staged, target)
+            self.checkpoint_epoch = epoch
         self.accelerator.wait_for_everyone()
 
     def finish(self, wall_seconds: float, status: str = "completed") -> dict:
@@ -292,6 +434,8 @@ class RunRecorder:
             "final_exact_match": final["exact_match"] if final else None,
             "final_f1": final["f1"] if final else None,
             "epochs": len(self.history),
+            "checkpoint_epoch": self.checkpoint_epoch,
+            "predictions_epoch": final["epoch"] if final and self.predictions else None,
             **self.counts,
             "train_seconds": sum(r["train_seconds"] for r in self.history),
             "wall_seconds": wall_seconds,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,6 +23,7 @@ from tqdm.auto import tqdm
 from qaexp.batching import make_train_loader
 from qaexp.config import QAExpConfig, as_dict
 from qaexp.errors import QAExpError, RunInterrupted
+from qaexp.faults import crash_point, set_epoch
 from qaexp.modeling import load_model
 from qaexp.tracking import RunLabels, Tracker
 from qaexp.tracking.rundir import EpochStats
@@ -37,10 +40,13 @@ from qaexp.training.setup import (
 from qaexp.training.state import (
     STATE_DIR,
     Progress,
+    discard_state,
     drop_finished_state,
     find_state,
     load_state,
+    recover_state,
     save_state,
+    saved_answers,
 )
 
 log = logging.getLogger(__name__)
@@ -150,6 +156,7 @@ class EpochRunner:
         stopped = False
         for batch in bar:
             self.step(batch, tally)
+            crash_point("step")
             progress.batches_done += 1
             windows += batch["input_ids"].shape[0]
             at_check = acc.sync_gradients and self._count_step(progress)
@@ -234,22 +241,39 @@ def build_engine(cfg: QAExpConfig, data: RunData, accelerator: Accelerator) -> E
     return Engine(model, train_loader, evaluation, optimizer, scheduler, order)
 
 
+def resume_point(cfg: QAExpConfig, run_dir: Path, accelerator: Accelerator) -> Path | None:
+    """The saved state this run continues from, after recovering one caught mid-swap; None
+    to start from scratch (an earlier attempt's state in the run dir is then dropped)."""
+    if accelerator.is_main_process:
+        recover_state(run_dir)
+    accelerator.wait_for_everyone()
+    state_dir = find_state(run_dir, cfg.trainer.resume, cfg.trainer.resume_from)
+    if not cfg.trainer.epochs:
+        return None
+    if state_dir is None and accelerator.is_main_process:
+        discard_state(run_dir)
+    return state_dir
+
+
 def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | None = None) -> dict:
     """Fine-tune with the Accelerate loop and evaluate after every epoch (or, with
     trainer.epochs=0, evaluate the model as loaded); return the run summary."""
     began = time.time()
     set_seed(cfg.seed)
+    set_epoch(0)
     accelerator = make_accelerator(cfg.hardware, cfg.trainer)
     data = prepare_data_once(cfg, accelerator.main_process_first())
     run_dir = Path(run_dir)
-    state_dir = find_state(run_dir, cfg.trainer.resume, cfg.trainer.resume_from)
+    state_dir = resume_point(cfg, run_dir, accelerator)
     engine = build_engine(cfg, data, accelerator)
     progress = Progress(config=as_dict(cfg))
-    if state_dir is not None and cfg.trainer.epochs:
+    if state_dir is not None:
         progress = load_state(accelerator, state_dir, progress.config)
+        set_epoch(progress.epoch - 1)  # a resume first publishes its state's last epoch
         began -= progress.wall_seconds  # wall_seconds covers every segment of the run
     batches = len(engine.train_loader) if engine.train_loader else 0
     accumulation = cfg.trainer.gradient_accumulation_steps
+    answers = saved_answers(state_dir) if state_dir is not None else None
     with (
         recorded_run(
             cfg,
@@ -261,26 +285,40 @@ def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | N
             labels,
             progress.history,
             state_dir,
+            answers,
         ) as run,
         GracefulStop() as stop,
     ):
+        if state_dir is not None:
+            republish(run, engine.model)
         run.announce(optimizer_steps_per_epoch(batches, accumulation))
         epochs = range(progress.epoch, cfg.trainer.epochs + 1) if cfg.trainer.epochs else [0]
         for epoch in epochs:  # trainer.epochs=0 evaluates the model as loaded (epoch 0)
+            set_epoch(epoch)
             progress.epoch = epoch
             if epoch:
                 train_epoch(engine, run, progress, stop, run_dir, began)
-            finish_epoch(run, engine.model, progress)
+            commit = None
             if epoch and cfg.trainer.save_state and not final_state_dropped(cfg, epoch):
-                save_state(accelerator, run_dir, progress, began)
+                commit = partial(save_state, accelerator, run_dir, progress, began)
+            finish_epoch(run, engine.model, progress, commit)
     if not cfg.trainer.keep_state:
         drop_finished_state(accelerator, run_dir)
     return run.summary
 
 
 def final_state_dropped(cfg: QAExpConfig, epoch: int) -> bool:
-    """The last epoch's state would be dropped at once by a completed run: skip saving it."""
+    """The last epoch's state would be dropped at once by a completed run: skip saving it (a
+    crash before the run completes resumes from the previous epoch's state)."""
     return epoch == cfg.trainer.epochs and not cfg.trainer.keep_state
+
+
+def republish(run: RecordedRun, model: torch.nn.Module) -> None:
+    """A resumed run first publishes what its state covers, in `publish`'s order: the
+    checkpoint (when the state's last epoch is the one trainer.save_checkpoint keeps and
+    checkpoint/ lacks it), the answers, the metrics."""
+    run.recorder.reconcile_checkpoint(model, run.data.tokenizer, run.cfg.trainer.save_checkpoint)
+    run.recorder.republish()
 
 
 def train_epoch(
@@ -307,7 +345,7 @@ def train_epoch(
     )
     if runner.run(progress):
         return
-    save_state(run.accelerator, run_dir, progress, began)
+    save_state(run.accelerator, run_dir, progress, began, run.recorder.answers)
     raise RunInterrupted(
         f"Stopped by {stop.signal_name or 'a stop request'} in epoch {progress.epoch} after "
         f"{progress.batches_done} batches; the training state is saved in "
@@ -316,8 +354,16 @@ def train_epoch(
     )
 
 
-def finish_epoch(run: RecordedRun, model: torch.nn.Module, progress: Progress) -> None:
-    """Evaluate and record the epoch, then move `progress` to the next epoch."""
+def finish_epoch(
+    run: RecordedRun,
+    model: torch.nn.Module,
+    progress: Progress,
+    commit: Callable[[dict], object] | None = None,
+) -> None:
+    """Evaluate the epoch, move `progress` to the next one, save the state through
+    `commit(answers)` when given, and only then publish the epoch's files: whatever
+    instant a run stops at, its saved state covers every epoch the run dir shows, or a resume
+    publishes them again from it."""
     trained = progress.batches_done - progress.skipped_steps
     stats = EpochStats(
         loss=progress.loss_sum / trained if progress.epoch and trained else float("nan"),
@@ -326,6 +372,9 @@ def finish_epoch(run: RecordedRun, model: torch.nn.Module, progress: Progress) -
         windows=progress.windows,
         tokens=progress.tokens,
     )
-    run.end_epoch(progress.epoch, progress.global_step, stats, model)
-    progress.history = list(run.recorder.history)
+    record, result = run.evaluate_epoch(progress.epoch, progress.global_step, stats, model)
+    progress.history = [*run.recorder.history, record]
     progress.start_next_epoch()
+    if commit is not None:
+        commit({"predictions": result.predictions, "null_odds": result.null_odds})
+    run.publish(record, result, model)

@@ -1,7 +1,8 @@
 """Recording a run, shared by both engines: after every epoch, EM/F1 on the eval windows,
 one log line, the run-directory files and the trackers (and, in an Optuna search, the trial's
 report, which may stop the run: status "pruned"); at the end (also on failure) the summary
-with the run's status."""
+with the run's status. An epoch is evaluated first and published after the Accelerate loop
+has saved its state (see training/loop.py's finish_epoch)."""
 
 from __future__ import annotations
 
@@ -73,8 +74,11 @@ class RecordedRun:
             lines.append("  (trainer.epochs=0: evaluating the model as loaded, without training)")
         log.info("\n".join(lines))
 
-    def end_epoch(self, epoch: int, step: int, stats: EpochStats, model: torch.nn.Module) -> dict:
-        """Evaluate `model` after `epoch` and record the result; return the metrics record."""
+    def evaluate_epoch(
+        self, epoch: int, step: int, stats: EpochStats, model: torch.nn.Module
+    ) -> tuple[dict, EvalResult]:
+        """Evaluate `model` after `epoch` and log it; return its metrics record and result
+        (nothing is written yet: see `publish`)."""
         cfg, data = self.cfg, self.data
         result = evaluate(
             model,
@@ -89,13 +93,23 @@ class RecordedRun:
         log.info("%s", epoch_line(epoch, stats, result))
         if result.squad_v2 is not None:
             log_squad_v2(epoch, result.squad_v2)
-        record = self.recorder.record_epoch(
-            epoch, step, stats, result, model, data.tokenizer, checkpoint_policy(cfg, epoch)
-        )
+        return self.recorder.add_epoch(epoch, step, stats, result), result
+
+    def publish(self, record: dict, result: EvalResult, model: torch.nn.Module) -> None:
+        """Write an evaluated epoch into the run directory and the trackers; in an Optuna
+        search, report it to the trial, which may stop the run here (TrialPruned)."""
+        epoch = record["epoch"]
+        policy = checkpoint_policy(self.cfg, epoch)
+        self.recorder.publish(record, result, model, self.data.tokenizer, policy)
         for tracker in self.trackers:
-            tracker.log_epoch(epoch, step, record)
+            tracker.log_epoch(epoch, record["step"], record)
         if self.pruned(epoch, record["f1"]):
             raise TrialPruned(f"pruned after epoch {epoch}")
+
+    def end_epoch(self, epoch: int, step: int, stats: EpochStats, model: torch.nn.Module) -> dict:
+        """Evaluate `model` after `epoch` and record the result; return the metrics record."""
+        record, result = self.evaluate_epoch(epoch, step, stats, model)
+        self.publish(record, result, model)
         return record
 
     def pruned(self, epoch: int, f1: float) -> bool:
@@ -199,13 +213,15 @@ def recorded_run(
     labels: RunLabels | None = None,
     history: list[dict] = (),
     state_dir: Path | None = None,
+    answers: dict | None = None,
 ) -> Iterator[RecordedRun]:
-    """Record a run that started at `began` (time.time()), continuing `history` when resumed
-    from `state_dir`; on exit (also on failure) write summary.json with the run's status and
-    finish the trackers. A trial pruned by an Optuna search ends here with status "pruned"."""
+    """Record a run that started at `began` (time.time()), continuing `history` (and the
+    last epoch's `answers`) when resumed from `state_dir`; on exit (also on failure) write
+    summary.json with the run's status and finish the trackers. Without `state_dir` the run
+    dir starts clean. A trial pruned by an Optuna search ends here with status "pruned"."""
     config = as_dict(cfg)
     recorder = RunRecorder(run_dir, accelerator, config=config, counts=data.counts)
-    recorder.restore(list(history), state_dir)
+    recorder.restore(list(history), state_dir, answers)
     trackers = make_trackers(
         cfg,
         run_dir,
@@ -227,6 +243,11 @@ def recorded_run(
         status = "interrupted"
         raise
     finally:
-        run.summary = recorder.finish(wall_seconds=time.time() - began, status=status)
+        try:
+            run.summary = recorder.finish(wall_seconds=time.time() - began, status=status)
+        except OSError as err:
+            if status == "completed":
+                raise
+            log.error("Could not write the %s run's summary.json: %s", status, err)
         for tracker in trackers:
-            tracker.finish(status, run.summary)
+            tracker.finish(status, run.summary or {"status": status})

@@ -2,8 +2,9 @@
 every process, position in the data, metrics so far), saved into the run directory at the
 end of every epoch and when a run is stopped.
 
-The state is written into a temporary folder and renamed into place, so a crash while saving
-never leaves a corrupt latest state.
+The state is written into a hidden folder (progress.json last: a folder holding it is
+complete) and swapped into place; `recover_state` adopts the complete copy when a crash fell
+between the swap's two renames, so one complete state is always reachable.
 """
 
 from __future__ import annotations
@@ -20,12 +21,21 @@ from accelerate import Accelerator
 
 from qaexp.config import flatten
 from qaexp.errors import QAExpError
-from qaexp.tracking.rundir import replace_dir_atomic, upgrade_record, write_json_atomic
+from qaexp.faults import crash_point
+from qaexp.tracking.rundir import (
+    recover_dir,
+    replace_dir_atomic,
+    upgrade_record,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = "state"
 PROGRESS_FILE = "progress.json"
+# The files of the last recorded epoch (predictions, SQuAD v2.0 null odds), so a resume can
+# publish them again.
+ANSWERS_FILE = "last_answers.json"
 
 # Keys that may change between the interrupted run and its continuation.
 RESUMABLE_CHANGES = (
@@ -73,10 +83,16 @@ class Progress:
 
 
 def save_state(
-    accelerator: Accelerator, run_dir: Path, progress: Progress, run_began: float
+    accelerator: Accelerator,
+    run_dir: Path,
+    progress: Progress,
+    run_began: float,
+    answers: dict | None = None,
 ) -> Path:
-    """Save the full training state into run_dir/state (all processes must call this).
-    `run_began`: when the run began, earlier segments of a resumed run included."""
+    """Save the full training state into run_dir/state (all processes must call this), with
+    the answers of the last recorded epoch ({"predictions": ..., "null_odds": ...}), so a
+    resume can publish them again. `run_began`: when the run began, earlier segments of a
+    resumed run included."""
     progress.wall_seconds = time.time() - run_began
     target = Path(run_dir) / STATE_DIR
     staged = Path(run_dir) / f".{STATE_DIR}.tmp"
@@ -86,7 +102,10 @@ def save_state(
     accelerator.save_state(str(staged), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json_atomic(staged / PROGRESS_FILE, asdict(progress))
+        crash_point("state saved")
+        if answers is not None:
+            write_json_atomic(staged / ANSWERS_FILE, answers)
+        write_json_atomic(staged / PROGRESS_FILE, asdict(progress))  # last: marks it complete
         replace_dir_atomic(staged, target)
     accelerator.wait_for_everyone()
     return target
@@ -99,6 +118,25 @@ def drop_finished_state(accelerator: Accelerator, run_dir: Path) -> None:
     target = Path(run_dir) / STATE_DIR
     if accelerator.is_main_process and target.is_dir():
         shutil.rmtree(target)
+
+
+def recover_state(run_dir: Path) -> None:
+    """Bring back the state after a crash mid-save (main process only, before `find_state`)."""
+    recover_dir(Path(run_dir) / STATE_DIR, lambda folder: (folder / PROGRESS_FILE).is_file())
+
+
+def discard_state(run_dir: Path) -> None:
+    """A run that starts from scratch drops the state of an earlier attempt in its run dir
+    (main process only), so a later resume can only continue this run."""
+    for folder in (Path(run_dir) / STATE_DIR, Path(run_dir) / f".{STATE_DIR}.tmp"):
+        if folder.exists():
+            shutil.rmtree(folder)
+
+
+def saved_answers(state_dir: Path) -> dict | None:
+    """The answers saved with a state (None for states written before they were)."""
+    path = Path(state_dir) / ANSWERS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def find_state(run_dir: Path, resume: bool, resume_from: str | None) -> Path | None:
