@@ -291,20 +291,27 @@ def assert_run_dir_contract(run_dir: Path, epochs: list[int]) -> dict:
     return summary
 
 
-@pytest.fixture(scope="session")
-def tiny_qa_checkpoint(tmp_path_factory, minilm_tokenizer) -> Path:
-    """A randomly initialised one-layer BERT QA model + the MiniLM tokenizer, saved as a
-    plain save_pretrained folder (what a run's checkpoint/ holds)."""
-    import torch
-    from transformers import AutoModelForQuestionAnswering, BertConfig
+def tiny_bert_config(tokenizer):
+    """A one-layer BERT of hidden size 32 over `tokenizer`'s vocabulary."""
+    from transformers import BertConfig
 
-    config = BertConfig(
-        vocab_size=minilm_tokenizer.vocab_size,
+    return BertConfig(
+        vocab_size=tokenizer.vocab_size,
         hidden_size=32,
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=64,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_qa_checkpoint(tmp_path_factory, minilm_tokenizer) -> Path:
+    """A randomly initialised one-layer BERT QA model + the MiniLM tokenizer, saved as a
+    plain save_pretrained folder (what a run's checkpoint/ holds)."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    config = tiny_bert_config(minilm_tokenizer)
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_qa") / "checkpoint"
     AutoModelForQuestionAnswering.from_config(config).save_pretrained(folder)

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.conftest import SINGLE_RUN, SMALL_RUN, run_cli, run_qaexp
+from tests.conftest import SINGLE_RUN, SMALL_RUN, run_cli, run_qaexp, tiny_bert_config
 
 TWO_EPOCHS = [*SINGLE_RUN, "trainer.epochs=2"]
 # A closed local port: the Hub probe fails at once, as on a machine without network.
@@ -20,15 +20,9 @@ OFFLINE = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
 def base_checkpoint(tmp_path_factory, minilm_tokenizer):
     """A tiny BERT saved without a QA head (a base checkpoint: a fresh head on load)."""
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
-    config = BertConfig(
-        vocab_size=minilm_tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
+    config = tiny_bert_config(minilm_tokenizer)
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("base") / "base-model"
     BertModel(config).save_pretrained(folder)
