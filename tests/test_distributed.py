@@ -40,7 +40,7 @@ def test_two_workers_write_one_complete_run_dir(two_process_run):
     assert summary["num_processes"] == 2
     assert [p.name for p in cwd.iterdir()] == ["run"]  # one run directory, nothing else
     log = (cwd / "run" / "qaexp.log").read_text()
-    assert "2 process(es)" in log and "= 32 effective" in log  # 16 per device x 2
+    assert "x 2 processes x 1 accumulation = 32" in log  # 16 per device x 2
     assert log.count("- epoch 1:") == 1  # only the main process logs
 
 
