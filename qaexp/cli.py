@@ -107,6 +107,10 @@ def error_text(err: BaseException) -> str:
     return " ".join(line for line in lines if line and not line.startswith(INTERNAL_LINES))
 
 
+# Overrides that make a run a sweep without --multirun (their configs set hydra.mode=MULTIRUN).
+SWEEP_OVERRIDES = ("hparams_search=", "hydra.mode=MULTIRUN")
+
+
 def check_command_line(argv: list[str], conf_dir: str) -> None:
     """Check the overrides of `argv` (nothing when Hydra will run no job: --help, --cfg,
     ...); for a --multirun, also the inputs its jobs share (`preflight_sweep`)."""
@@ -119,9 +123,10 @@ def check_command_line(argv: list[str], conf_dir: str) -> None:
     groups = config_groups(conf_dir)
     for override in args.overrides:
         check_key(override, keys, open_dicts, groups)
-    jobs = job_override_sets(args.overrides) if args.multirun else [args.overrides]
+    sweep = args.multirun or any(o.startswith(SWEEP_OVERRIDES) for o in args.overrides)
+    jobs = job_override_sets(args.overrides) if sweep else [args.overrides]
     configs = [compose_job(conf_dir, job) for job in jobs]
-    if args.multirun:
+    if sweep:
         preflight_sweep(configs)
 
 

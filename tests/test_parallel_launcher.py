@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hydra_plugins.qaexp_launcher.slots import Slot, SlotError, plan_slots
+from hydra_plugins.qaexp_launcher import slots as slot_planning
 from tests.conftest import REPO, assert_run_dir_contract, run_qaexp
 
 JOB = [
@@ -184,27 +184,29 @@ def test_sigterm_stops_every_job_resumably_and_leaves_no_process(tmp_path):
 
 
 def test_slots_pack_gpus_per_job_and_share_the_cores():
-    slots = plan_slots(["0", "1", "2", "3"], gpus_per_job=2, jobs=None, cpus_per_job=None, cpus=16)
+    slots = slot_planning.plan_slots(
+        ["0", "1", "2", "3"], gpus_per_job=2, jobs=None, cpus_per_job=None, cpus=16
+    )
     assert [s.gpus for s in slots] == [("0", "1"), ("2", "3")]
     assert [s.threads for s in slots] == [8, 8]
     env = slots[1].env()
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["OMP_NUM_THREADS"] == "8"
     assert json.loads(env["QAEXP_JOB_DEVICES"])["cuda_visible_devices"] == "2,3"
-    assert len(plan_slots(["0", "1", "2"], 1, jobs=2, cpus_per_job=None, cpus=4)) == 2
+    assert len(slot_planning.plan_slots(["0", "1", "2"], 1, jobs=2, cpus_per_job=None, cpus=4)) == 2
 
 
 def test_cpu_slots_limit_threads():
-    slots = plan_slots([], gpus_per_job=1, jobs=2, cpus_per_job=1, cpus=2)
-    assert slots == [Slot(0, (), 1), Slot(1, (), 1)]
+    slots = slot_planning.plan_slots([], gpus_per_job=1, jobs=2, cpus_per_job=1, cpus=2)
+    assert [(s.index, s.gpus, s.threads) for s in slots] == [(0, (), 1), (1, (), 1)]
     env = slots[0].env()
     assert "CUDA_VISIBLE_DEVICES" not in env
     assert env["MKL_NUM_THREADS"] == env["RAYON_NUM_THREADS"] == "1"
     assert env["TOKENIZERS_PARALLELISM"] == "false"
-    assert len(plan_slots([], 1, jobs=None, cpus_per_job=2, cpus=8)) == 4
+    assert len(slot_planning.plan_slots([], 1, jobs=None, cpus_per_job=2, cpus=8)) == 4
 
 
 def test_impossible_slots_name_the_key():
-    with pytest.raises(SlotError, match="gpus_per_job=4 but only 2 GPU"):
-        plan_slots(["0", "1"], gpus_per_job=4, jobs=None, cpus_per_job=None, cpus=8)
-    with pytest.raises(SlotError, match=r"hydra.launcher.jobs=0: must be a positive"):
-        plan_slots([], gpus_per_job=1, jobs=0, cpus_per_job=None, cpus=8)
+    with pytest.raises(slot_planning.SlotError, match="gpus_per_job=4 but only 2 GPU"):
+        slot_planning.plan_slots(["0", "1"], gpus_per_job=4, jobs=None, cpus_per_job=None, cpus=8)
+    with pytest.raises(slot_planning.SlotError, match=r"hydra.launcher.jobs=0: must be a positive"):
+        slot_planning.plan_slots([], gpus_per_job=1, jobs=0, cpus_per_job=None, cpus=8)
