@@ -175,7 +175,7 @@ def mark_failed(run_dir: Path, message: str) -> None:
         log.error("Could not mark %s failed: %s", summary, describe_failure(err))
 
 
-def report_unexpected(err: Exception, run_dir: Path) -> str:
+def report_unexpected(err: Exception, run_dir: Path) -> None:
     """The error boundary: one paragraph on stderr, the traceback in qaexp.log, the run dir
     marked failed."""
     what = describe_failure(err)
@@ -188,7 +188,6 @@ def report_unexpected(err: Exception, run_dir: Path) -> str:
     print(f"[qaexp][ERROR] - {message}", file=sys.stderr)
     if run_dir.is_dir():
         mark_failed(run_dir, message)
-    return message
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")

@@ -209,6 +209,20 @@ def _reset_process_state(root_handlers: list) -> None:
     logging.root.handlers = root_handlers
 
 
+def start_qaexp(args: list[str], cwd: Path) -> subprocess.Popen:
+    """`python -m qaexp args` started in the background (for tests that signal it)."""
+    STARTED_SUBPROCESS[0] = True
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "qaexp", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, TINY_RUN, read_jsonl, run_qaexp
+from tests.conftest import REPO, TINY_RUN, read_jsonl, run_qaexp, start_qaexp
 
 TIMING_KEYS = {
     "train_seconds",
@@ -103,18 +103,6 @@ def test_sigkill_at_every_crash_point_resumes_to_the_uninterrupted_run(tmp_path)
     assert_same_run(tmp_path / "timed", tmp_path / "straight")
 
 
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "qaexp", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 TWO_PROCESSES = [
     *TINY_RUN,
     "hardware.num_processes=2",
@@ -131,7 +119,7 @@ def test_two_process_sigterm_exits_143_with_the_resume_command(tmp_path):
     assert straight.returncode == 0, straight.stderr[-3000:]
     reference = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
 
-    proc = start([*TWO_PROCESSES, "hydra.run.dir=run"], tmp_path)
+    proc = start_qaexp([*TWO_PROCESSES, "hydra.run.dir=run"], tmp_path)
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not metrics.exists():

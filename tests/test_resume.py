@@ -4,16 +4,19 @@ never interrupted; the state on disk is always complete; the same seed gives the
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, TINY_RUN, assert_run_dir_contract, read_jsonl, run_qaexp
+from tests.conftest import (
+    TINY_RUN,
+    assert_run_dir_contract,
+    read_jsonl,
+    run_qaexp,
+    start_qaexp,
+)
 
 pytestmark = pytest.mark.processes  # starts processes: the leak guard scans the host
 
@@ -49,21 +52,9 @@ def uninterrupted(tmp_path_factory):
     return cwd / "run"
 
 
-def start(args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "qaexp", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 @pytest.mark.slow
 def test_sigterm_then_resume_matches_an_uninterrupted_run(uninterrupted, tmp_path):
-    proc = start([*RESUME_RUN, "hydra.run.dir=run"], tmp_path)
+    proc = start_qaexp([*RESUME_RUN, "hydra.run.dir=run"], tmp_path)
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

@@ -382,21 +382,6 @@ class RunRecorder:
         self.predictions, self.null_odds = result.predictions, result.null_odds
         crash_point("published")
 
-    def record_epoch(
-        self,
-        epoch: int,
-        step: int,
-        stats: EpochStats,
-        result: EvalResult,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        policy: CheckpointPolicy,
-    ) -> dict:
-        """`add_epoch` and `publish` in one go (engines without a state of their own)."""
-        record = self.add_epoch(epoch, step, stats, result)
-        self.publish(record, result, model, tokenizer, policy)
-        return record
-
     def save_checkpoint(
         self,
         model: PreTrainedModel,
