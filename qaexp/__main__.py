@@ -125,7 +125,7 @@ def report_interrupted(err: RunInterrupted) -> None:
             "A job that SLURM requeued resumes by itself; otherwise resume the sweep by "
             "running its command again with hydra.sweep.dir=%s trainer.resume=true "
             "(finished jobs keep their results).",
-            hydra_cfg.sweep.dir,
+            Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir),
         )
         return
     overrides = " ".join(o for o in hydra_cfg.overrides.task if not o.startswith("trainer.resume"))

@@ -31,6 +31,7 @@ from qaexp.tracking import RunLabels
 from qaexp.training import train
 from qaexp.training.runtime import resolve_device
 from qaexp.training.setup import prepare_data
+from qaexp.training.state import completed_summary
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,56 @@ def export_slurm_env() -> None:
     os.environ["LOCAL_WORLD_SIZE"] = str(job.num_tasks // job.num_nodes)
 
 
+def check_rank_has_its_gpu(cfg: HardwareConfig) -> None:
+    """Each rank of an external launch trains on GPU number LOCAL_RANK of those it sees. SLURM
+    with --gpus-per-task binds each task to its own GPU(s), so local rank 1 sees one GPU and
+    would fail deep inside CUDA: say what to ask for instead."""
+    if resolve_device(cfg) != "gpu":
+        return
+    local_rank, visible = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if local_rank < visible:
+        return
+    raise QAExpError(
+        f"This process is local rank {local_rank} of its node but sees {visible} GPU(s) "
+        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): every "
+        "process of a node must see all of the node's GPUs and takes the one at its local "
+        "rank. Under SLURM ask for --gpus-per-node=N with --ntasks-per-node=N (with "
+        "--gpus-per-task add --gpu-bind=none); with the submitit launcher set "
+        "hydra.launcher.gpus_per_node=N and hydra.launcher.tasks_per_node=N."
+    )
+
+
+def uses_agent_store() -> bool:
+    """Started by torchrun (or accelerate launch) whose elastic agent hosts the store."""
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+
+
+def agent_store(timeout_s: float = 60) -> torch.distributed.TCPStore:
+    return torch.distributed.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+
+
+def join_elastic_process_group() -> None:
+    """Under torchrun, join the process group through the agent's store with a prefix for
+    this restart. The agent keeps one store for all restarts (--max-restarts) and torch's own
+    env:// join adds no such prefix, so restarted workers would read the addresses the
+    previous workers left there and fail to connect (pytorch/pytorch#135712, #167288).
+    No backend is named: torch picks gloo for CPU tensors and NCCL for CUDA ones, and the
+    Accelerator then uses this group."""
+    if not uses_agent_store() or torch.distributed.is_initialized():
+        return
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    torch.distributed.init_process_group(
+        store=torch.distributed.PrefixStore(f"qaexp/attempt_{attempt}", agent_store()),
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+    )
+
+
 def agreed_run_stamp() -> str:
     """The run directory's name below outputs/runs (or outputs/multirun), the same on every
     rank and every restart of one launch. Hydra calls it once per launch and caches it in the
@@ -88,14 +139,8 @@ def agreed_run_stamp() -> str:
     now = datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     if external_world_size() == 1:
         return now
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true":
-        store = torch.distributed.TCPStore(
-            os.environ["MASTER_ADDR"],
-            int(os.environ["MASTER_PORT"]),
-            is_master=False,
-            timeout=datetime.timedelta(seconds=60),
-        )
-        return store.compare_set("qaexp/run_stamp", "", now).decode()
+    if uses_agent_store():
+        return agent_store().compare_set("qaexp/run_stamp", "", now).decode()
     if "SLURM_JOB_ID" in os.environ:
         return f"slurm-{os.environ['SLURM_JOB_ID']}-{os.environ.get('SLURM_STEP_ID', '0')}"
     return now
@@ -225,10 +270,20 @@ def _interrupted(sig: signal.Signals, run_dir: Path) -> RunInterrupted:
 
 def run_job(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | None = None) -> dict:
     """Run one job here, in workers, or as one rank of an external launch. `labels` name
-    the run on dashboards (see qaexp.tracking)."""
+    the run on dashboards (see qaexp.tracking). A job continuing a run that already completed
+    (trainer.resume=true, a requeue) returns that run's summary and changes nothing."""
+    if not cfg.trainer.resume_from:
+        done = completed_summary(run_dir, cfg.trainer.resume, as_dict(cfg))
+        if done is not None:
+            log.info(
+                "%s already completed: nothing to resume, its results stay as they are", run_dir
+            )
+            return done
     world = external_world_size()
     if world > 1:
         export_slurm_env()
+        check_rank_has_its_gpu(cfg.hardware)
+        join_elastic_process_group()
         quiet_other_ranks(external_rank())
         log.info("Joining an external launch of %d processes", world)
         return train(cfg, run_dir, labels)

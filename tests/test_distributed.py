@@ -13,7 +13,14 @@ import time
 import pytest
 import torch
 
-from tests.conftest import REPO, SINGLE_RUN, TINY_RUN, assert_run_dir_contract, run_qaexp
+from tests.conftest import (
+    REPO,
+    SINGLE_RUN,
+    TINY_RUN,
+    assert_run_dir_contract,
+    read_jsonl,
+    run_qaexp,
+)
 
 pytestmark = pytest.mark.processes  # starts processes: the leak guard scans the host
 
@@ -222,6 +229,32 @@ def test_run_stamp_is_cached_per_config_not_per_process(monkeypatch):
     assert second.run == "runs/stamp-2"
 
 
+@pytest.mark.parametrize(
+    "local_rank, visible, refused", [(0, 1, False), (1, 1, True), (1, 2, False)]
+)
+def test_a_rank_that_cannot_see_its_gpu_is_told_what_to_ask_for(
+    monkeypatch, local_rank, visible, refused
+):
+    """SLURM's --gpus-per-task gives each task only its own GPU, so local rank 1 would ask
+    CUDA for a second device it cannot see: refused with the SLURM options to use."""
+    from qaexp.config import Device, HardwareConfig
+    from qaexp.errors import QAExpError
+    from qaexp.launch import check_rank_has_its_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    gpu = HardwareConfig(device=Device.gpu)
+    if refused:
+        with pytest.raises(QAExpError, match="gpus-per-node") as err:
+            check_rank_has_its_gpu(gpu)
+        assert "local rank 1" in str(err.value) and "CUDA_VISIBLE_DEVICES=3" in str(err.value)
+    else:
+        check_rank_has_its_gpu(gpu)
+    check_rank_has_its_gpu(HardwareConfig(device=Device.cpu))  # a CPU run never needs one
+
+
 def torchrun(args: list[str], cwd, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", *args],
@@ -250,21 +283,17 @@ def test_two_torchrun_agents_share_one_default_run_dir(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="the restarted workers find the same run dir (one folder, the log continues), but "
-    "their gloo process group failed to connect (connectFullMesh: connection refused) in the "
-    "one trial so far; not yet diagnosed",
-    strict=False,
-)
 def test_torchrun_restart_resumes_in_the_same_run_dir(tmp_path):
     """--max-restarts=1 and a worker killed after epoch 1: the restarted workers find the
-    same run dir and resume from the state saved there."""
+    same run dir, resume from the state saved there, and end equal to an uninterrupted
+    2-process run."""
     import psutil
+
+    from tests.test_resume import RESUME_RUN, comparable, weights
 
     args = [
         "--standalone", "--nproc_per_node=2", "--max-restarts=1", "--monitor-interval=0.5",
-        "-m", "qaexp", *TINY_RUN, "trainer.epochs=3", "data.synthetic.train_size=200",
-        "trainer.train_batch_size=8",
+        "-m", "qaexp", *RESUME_RUN,
     ]  # fmt: skip
     agent = torchrun(args, tmp_path)
     deadline = time.monotonic() + 300
@@ -281,3 +310,12 @@ def test_torchrun_restart_resumes_in_the_same_run_dir(tmp_path):
     (run_dir,) = [p for p in (tmp_path / "outputs" / "runs").glob("*/*") if p.is_dir()]
     assert "Resuming from" in (run_dir / "qaexp.log").read_text()
     assert_run_dir_contract(run_dir, epochs=[1, 2, 3])
+    straight = tmp_path / "straight"
+    result = run_qaexp(
+        [*RESUME_RUN, "hydra.run.dir=straight", "hardware.num_processes=2"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = [comparable(read_jsonl(d / "metrics.jsonl")) for d in (run_dir, straight)]
+    assert metrics[0] == metrics[1]
+    a, b = weights(run_dir), weights(straight)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)

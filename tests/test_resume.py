@@ -141,3 +141,31 @@ def test_state_is_replaced_atomically(tmp_path):
     replace_dir_atomic(staged, target)
     assert json.loads((target / "progress.json").read_text()) == {"epoch": 3}
     assert not staged.exists() and not (tmp_path / ".state.old").exists()
+
+
+def test_resuming_a_completed_run_changes_nothing(tmp_path):
+    """trainer.resume=true (what resuming a sweep passes to every job) on a run that already
+    completed, with no state kept: nothing runs again and every file stays as it was; with a
+    changed recipe the resume is refused, naming the key."""
+    args = [*TINY_RUN, "trainer.epochs=1", "hydra.run.dir=run"]
+    assert run_qaexp(args, cwd=tmp_path).returncode == 0
+    run_dir = tmp_path / "run"
+    assert not (run_dir / "state").exists()
+
+    def files() -> dict[str, bytes]:
+        return {
+            str(p.relative_to(run_dir)): p.read_bytes()
+            for p in run_dir.rglob("*")
+            if p.is_file() and p.name != "qaexp.log" and ".hydra" not in p.parts
+        }
+
+    before = files()
+    again = run_qaexp([*args, "trainer.resume=true"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert files() == before
+    assert "already completed: nothing to resume" in (run_dir / "qaexp.log").read_text()
+
+    longer = run_qaexp([*args, "trainer.resume=true", "trainer.epochs=2"], cwd=tmp_path)
+    assert longer.returncode == 2
+    assert "trainer.epochs: 1 -> 2" in longer.stderr and "Cannot resume" in longer.stderr
+    assert files() == before

@@ -23,6 +23,7 @@ from qaexp.config import flatten
 from qaexp.errors import QAExpError
 from qaexp.faults import crash_point
 from qaexp.tracking.rundir import (
+    SUMMARY_FILE,
     recover_dir,
     replace_dir_atomic,
     upgrade_record,
@@ -158,16 +159,38 @@ def find_state(run_dir: Path, resume: bool, resume_from: str | None) -> Path | N
             f"{path / PROGRESS_FILE} and {path / STATE_DIR / PROGRESS_FILE}). Point it at a run "
             "directory of an interrupted run, or at its state/ folder."
         )
-    requeued = any(
-        int(os.environ.get(count, "0")) > 0
-        for count in ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT")
-    )
     own = Path(run_dir) / STATE_DIR
-    if (resume or requeued) and (own / PROGRESS_FILE).is_file():
+    if (resume or restarted()) and (own / PROGRESS_FILE).is_file():
         return own
     if resume:
         log.info("trainer.resume=true but %s holds no saved state: starting from scratch", own)
     return None
+
+
+def restarted() -> bool:
+    """This process runs a job again: a SLURM requeue or a torchrun restart."""
+    return any(
+        int(os.environ.get(count, "0")) > 0
+        for count in ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT")
+    )
+
+
+def completed_summary(run_dir: Path, resume: bool, config: dict) -> dict | None:
+    """The summary of a run that already completed in `run_dir`, when this job continues it
+    (trainer.resume=true, a SLURM requeue, a torchrun restart): such a job has nothing left
+    to do, whether or not the run kept its state (trainer.keep_state). Resuming a sweep in its
+    folder thus leaves finished jobs as they are. None when there is something to run."""
+    if not (resume or restarted()):
+        return None
+    summary_file = Path(run_dir) / SUMMARY_FILE
+    try:
+        summary = json.loads(summary_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("status") != "completed":
+        return None
+    check_same_config(summary.get("config", {}), config, summary_file)
+    return summary
 
 
 def check_same_config(saved: dict, current: dict, state_dir: Path) -> None:
@@ -182,8 +205,8 @@ def check_same_config(saved: dict, current: dict, state_dir: Path) -> None:
     if changed:
         details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
         raise QAExpError(
-            f"Cannot resume from {state_dir}: the config differs from the interrupted run's "
-            f"({details}). Resume with the same settings, or start a new run."
+            f"Cannot resume from {state_dir}: the config differs from the one that run was "
+            f"started with ({details}). Resume with the same settings, or start a new run."
         )
 
 

@@ -1,11 +1,13 @@
 """qaexp on a real single-node SLURM: sweeps through the submitit launcher with the default
-folders, requeues and SIGUSR2 that resume to the same result as an uninterrupted run, and
-plain `srun` with two tasks. A requeued job waits about two minutes (SLURM's begin-time
-delay) before it runs again, so each test requeues once."""
+folders, requeues (of 1- and 2-task jobs) and SIGUSR2 that resume to the same result as an
+uninterrupted run, a cancelled sweep resumed with the command its log prints, and plain
+`srun` with two tasks. Each test requeues once and releases the requeued job from SLURM's
+begin-time delay (about two minutes)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -67,49 +69,130 @@ def test_sweep_with_default_folders_lands_in_one_sweep_folder(slurm, tmp_path):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("straight")
-    result = run_qaexp([*RESUME_RUN, "hydra.run.dir=run"], cwd=cwd)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return cwd / "run"
+    """The uninterrupted runs to compare with, by number of processes (started on demand)."""
+    runs: dict[int, Path] = {}
+
+    def run(processes: int) -> Path:
+        if processes not in runs:
+            cwd = tmp_path_factory.mktemp(f"straight{processes}")
+            args = [*RESUME_RUN, "hydra.run.dir=run", f"hardware.num_processes={processes}"]
+            result = run_qaexp(args, cwd=cwd)
+            assert result.returncode == 0, result.stderr[-3000:]
+            runs[processes] = cwd / "run"
+        return runs[processes]
+
+    return run
 
 
-@pytest.mark.parametrize("interrupt", ["scontrol requeue", "scancel --signal=USR2"])
+def job_metrics(root: Path, job: str = "0") -> Path | None:
+    found = list(root.glob(f"outputs/multirun/*/*/{job}/metrics.jsonl"))
+    return found[0] if found else None
+
+
+def epochs_recorded(root: Path, job: str = "0") -> int:
+    metrics = job_metrics(root, job)
+    return metrics.read_text().count("\n") if metrics else 0
+
+
+def submitted_job_ids(sweep: Path) -> list[str]:
+    """SLURM ids of the sweep's jobs in job order: `ID` for one job, `ARRAY_TASK` for several
+    (submitit submits a job array)."""
+    names = [p.name for p in (sweep / ".submitit").iterdir()]
+    tasks = [n for n in names if re.fullmatch(r"\d+_\d+", n)]
+    if tasks:
+        return sorted(tasks, key=lambda n: int(n.partition("_")[2]))
+    return [n for n in names if n.isdigit()]
+
+
+def status_of(run_dir: Path) -> str | None:
+    summary = run_dir / "summary.json"
+    return json.loads(summary.read_text())["status"] if summary.is_file() else None
+
+
+def results_of(run_dir: Path) -> dict[str, bytes]:
+    """Every file a run wrote, but its log and the .hydra/ files Hydra writes for each launch."""
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in run_dir.rglob("*")
+        if p.is_file() and p.name != "qaexp.log" and ".hydra" not in p.parts
+    }
+
+
+def assert_equals_uninterrupted(run_dir: Path, straight: Path) -> dict:
+    """Epochs 1-3 recorded once each, metrics and every weight equal to the straight run."""
+    summary = assert_run_dir_contract(run_dir, epochs=[1, 2, 3])
+    assert comparable(read_jsonl(run_dir / "metrics.jsonl")) == comparable(
+        read_jsonl(straight / "metrics.jsonl")
+    )
+    a, b = weights(run_dir), weights(straight)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    return summary
+
+
+@pytest.mark.parametrize(
+    "interrupt, tasks",
+    [("scontrol requeue", 1), ("scontrol requeue", 2), ("scancel --signal=USR2", 1)],
+)
 def test_interrupted_job_resumes_to_the_uninterrupted_result(
-    slurm, uninterrupted, tmp_path, interrupt
+    slurm, uninterrupted, tmp_path, interrupt, tasks
 ):
     """Interrupted in epoch 2, the job is requeued (by SLURM, or after SIGUSR2 by qaexp through
-    submitit), runs again in the same folder, resumes from the state, and ends bit-equal."""
-    proc = start_sweep(slurm, RESUME_RUN, tmp_path)
-    metrics = tmp_path / "outputs" / "multirun" / "*" / "*" / "0" / "metrics.jsonl"
-
-    def epoch_one_recorded() -> bool:
-        found = list(tmp_path.glob(str(metrics.relative_to(tmp_path))))
-        return bool(found) and found[0].read_text().count("\n") >= 1
-
-    wait_for(epoch_one_recorded, proc)
+    submitit), runs again in the same folder, resumes from the state, and ends bit-equal to an
+    uninterrupted run with as many processes."""
+    straight = uninterrupted(tasks)
+    proc = start_sweep(slurm, [*RESUME_RUN, f"hydra.launcher.tasks_per_node={tasks}"], tmp_path)
+    wait_for(lambda: epochs_recorded(tmp_path) >= 1, proc)
     (sweep,) = sweep_folders(tmp_path)
-    (job_id,) = [p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]
+    (job_id,) = submitted_job_ids(sweep)
     slurm.run(*interrupt.split(), job_id)
     run_dir = sweep / "0"
-    wait_for(lambda: (run_dir / "summary.json").is_file() and json.loads(
-        (run_dir / "summary.json").read_text())["status"] == "interrupted", proc)  # fmt: skip
+    wait_for(lambda: status_of(run_dir) == "interrupted", proc)
     first_segment = json.loads((run_dir / "summary.json").read_text())["wall_seconds"]
+    slurm.release(job_id)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     log = (run_dir / "qaexp.log").read_text()
     assert "Resuming from" in log
     if "USR2" in interrupt:
         assert "SIGUSR2 received" in log and "Requeueing SLURM job" in log
-    summary = assert_run_dir_contract(run_dir, epochs=[1, 2, 3])
-    assert comparable(read_jsonl(run_dir / "metrics.jsonl")) == comparable(
-        read_jsonl(uninterrupted / "metrics.jsonl")
-    )
-    a, b = weights(run_dir), weights(uninterrupted)
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    summary = assert_equals_uninterrupted(run_dir, straight)
+    assert summary["num_processes"] == tasks
     # wall_seconds covers both segments: the first, then at least epoch 3 of the second
     epoch_three = read_jsonl(run_dir / "metrics.jsonl")[-1]
     assert summary["wall_seconds"] > first_segment + epoch_three["train_seconds"]
     assert [p.name for p in sweep_folders(tmp_path)] == [sweep.name]
+
+
+def test_cancelled_sweep_resumes_with_the_command_its_log_prints(slurm, uninterrupted, tmp_path):
+    """`scancel --signal=TERM` in epoch 2 of job 0 while job 1 has completed: job 0 saves its
+    state and ends (a cancel is not requeued), the sweep fails and its log prints how to
+    resume. That command continues job 0 to the uninterrupted result and leaves job 1's
+    results as they were."""
+    straight = uninterrupted(1)
+    args = [*RESUME_RUN, "trainer.epochs=3,1"]
+    proc = start_sweep(slurm, args, tmp_path)
+    wait_for(lambda: epochs_recorded(tmp_path, "1") >= 1 and epochs_recorded(tmp_path) >= 1, proc)
+    (sweep,) = sweep_folders(tmp_path)
+    wait_for(lambda: status_of(sweep / "1") == "completed", proc)
+    finished = results_of(sweep / "1")
+    job_ids = submitted_job_ids(sweep)
+    assert len(job_ids) == 2
+    slurm.run("scancel", "--signal=TERM", job_ids[0])
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    run_dir = sweep / "0"
+    assert status_of(run_dir) == "interrupted"
+    log = (run_dir / "qaexp.log").read_text()
+    assert "Stopped by SIGTERM" in log and "Requeueing" not in log
+    resume = re.search(r"hydra\.sweep\.dir=(\S+) trainer\.resume=true", log)
+    assert resume and Path(resume[1]) == sweep
+    proc = start_sweep(slurm, [*args, *resume[0].split()], tmp_path)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert_equals_uninterrupted(run_dir, straight)
+    assert "already completed: nothing to resume" in (sweep / "1" / "qaexp.log").read_text()
+    assert results_of(sweep / "1") == finished
+    assert (sweep / "comparison.md").is_file()
 
 
 def test_srun_with_two_tasks_writes_one_run_dir(slurm, tmp_path):
