@@ -29,7 +29,7 @@ from qaexp.tracking.trial import (
     TrialReporter,
     open_storage,
 )
-from tests.conftest import SMALL_RUN, read_jsonl, run_cli
+from tests.conftest import SMALL_RUN, read_jsonl, run_cli, run_qaexp
 
 # --- the search space -------------------------------------------------------------------
 
@@ -249,17 +249,23 @@ def test_best_params_are_the_best_complete_trial(resumed_search):
 
 @pytest.mark.slow
 @pytest.mark.processes
-def test_parallel_launcher_runs_trials_at_once_and_they_report_from_their_processes(tmp_path):
-    """Two trials handed to hydra/launcher=parallel together: each job, in its own process,
-    reports to the study and is pruned after its first of 2 epochs."""
+@pytest.mark.parametrize("devices", ["[0,1]", "[]"])
+def test_parallel_launcher_runs_trials_at_once_and_they_report_from_their_processes(
+    tmp_path, devices
+):
+    """Two trials handed to hydra/launcher=parallel together: each job, in its own process
+    (a fresh interpreter on the fake GPU slots, forked from the launcher on CPU slots),
+    reports to the study's SQLite file and is pruned after its first of 2 epochs."""
     parallel = [
         "hydra/launcher=parallel",
         "hydra.launcher.jobs=2",
-        "hydra.launcher.devices=[0,1]",
+        f"hydra.launcher.devices={devices}",
         "hydra.launcher.cpus_per_job=1",
     ]
     args = [*SEARCH, *parallel, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2"]
-    result = run_cli([*args, "trainer.epochs=2"], cwd=tmp_path)
+    # CPU-slot jobs are forks of the launcher: run it in its own process, not in pytest's
+    run = run_cli if devices != "[]" else run_qaexp
+    result = run([*args, "trainer.epochs=2"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     search = tmp_path / "search"
     runs = summaries(search)

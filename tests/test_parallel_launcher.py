@@ -35,6 +35,12 @@ PARALLEL = [
     "hydra.launcher.devices=[0,1]",
     "hydra.launcher.cpus_per_job=1",
 ]
+# Without GPU slots the jobs are forked from the launcher (start_method=auto); with the fake GPU
+# slots above they start a fresh interpreter, as on a GPU machine.
+SLOTS = {
+    "gpu_slots": PARALLEL,
+    "cpu_slots": [*PARALLEL[:2], "hydra.launcher.devices=[]", "hydra.launcher.cpus_per_job=1"],
+}
 
 
 def job_times(run_dir: Path) -> tuple[float, float]:
@@ -86,45 +92,49 @@ def watch_comparisons(proc: subprocess.Popen, sweep: Path, timeout: float = 600)
     raise AssertionError("the sweep did not finish in time")
 
 
-@pytest.fixture(scope="module")
-def four_jobs(tmp_path_factory):
-    """A 4-job sweep (stride x batch size), 2 at a time on fake device slots 0 and 1."""
+@pytest.fixture(scope="module", params=sorted(SLOTS))
+def four_jobs(request, tmp_path_factory):
+    """A 4-job sweep (stride x batch size), 2 at a time: on fake GPU slots 0 and 1 (fresh
+    interpreters), or on CPU slots (forked from the launcher)."""
     cwd = tmp_path_factory.mktemp("parallel")
+    slots = SLOTS[request.param]
     proc = start_sweep(
-        [*JOB, *PARALLEL, "stride=24,32", "trainer.train_batch_size=8,16", "hydra.sweep.dir=sw"],
-        cwd,
+        [*JOB, *slots, "stride=24,32", "trainer.train_batch_size=8,16", "hydra.sweep.dir=sw"], cwd
     )
     comparisons = watch_comparisons(proc, cwd / "sw")
     stderr = proc.stderr.read()
     assert proc.returncode == 0, stderr[-3000:]
-    return cwd / "sw", comparisons, stderr
+    return cwd / "sw", comparisons, stderr, request.param
 
 
 def test_four_jobs_run_two_at_a_time_and_complete(four_jobs):
-    sweep, _, _ = four_jobs
+    sweep, _, stderr, slots = four_jobs
     runs = [sweep / str(i) for i in range(4)]
     for run in runs:
         assert_run_dir_contract(run, epochs=[1])
     assert most_at_once([job_times(r) for r in runs]) == 2
+    assert stderr.count("(forked)") == (4 if slots == "cpu_slots" else 0)
 
 
 def test_concurrent_jobs_hold_distinct_device_slots(four_jobs):
-    sweep, _, _ = four_jobs
+    sweep, _, _, slots = four_jobs
     runs = [sweep / str(i) for i in range(4)]
     devices = {r: json.loads((r / "summary.json").read_text())["job_devices"] for r in runs}
-    assert {d["cuda_visible_devices"] for d in devices.values()} == {"0", "1"}
+    gpus = {"0", "1"} if slots == "gpu_slots" else {None}
+    assert {d["cuda_visible_devices"] for d in devices.values()} == gpus
+    assert {d["slot"] for d in devices.values()} == {0, 1}
     assert all(d["threads"] == 1 for d in devices.values())
     for a in runs:
         for b in runs:
             (sa, ea), (sb, eb) = job_times(a), job_times(b)
             if a != b and sa < eb and sb < ea:  # ran at the same time
-                assert devices[a]["cuda_visible_devices"] != devices[b]["cuda_visible_devices"]
+                assert devices[a]["slot"] != devices[b]["slot"]
     log = (runs[0] / "qaexp.log").read_text()
     assert "this job runs on" in log and '"cuda_visible_devices"' in log
 
 
 def test_comparison_is_refreshed_as_jobs_end(four_jobs):
-    sweep, comparisons, _ = four_jobs
+    sweep, comparisons, _, _ = four_jobs
     assert comparisons[0] < 4, "the first comparison should appear before the sweep ends"
     assert comparisons[-1] == 4
     rows = read_csv(sweep / "comparison.csv")
@@ -135,7 +145,8 @@ def test_a_failing_job_leaves_the_others_complete(tmp_path):
     """stride=400 does not fit max_length=128: that job fails at start, the others finish,
     the sweep exits non-zero, and the comparison (no end-of-sweep hook) shows all three."""
     result = run_qaexp(
-        ["--multirun", *JOB, *PARALLEL, "stride=24,400,32", "hydra.sweep.dir=sw"], cwd=tmp_path
+        ["--multirun", *JOB, *SLOTS["cpu_slots"], "stride=24,400,32", "hydra.sweep.dir=sw"],
+        cwd=tmp_path,
     )
     assert result.returncode != 0
     assert "stride" in result.stderr
@@ -148,11 +159,12 @@ def test_a_failing_job_leaves_the_others_complete(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_every_job_resumably_and_leaves_no_process(tmp_path):
+@pytest.mark.parametrize("slots", sorted(SLOTS))
+def test_sigterm_stops_every_job_resumably_and_leaves_no_process(tmp_path, slots):
     import psutil
 
     longer = [*JOB, "data.synthetic.train_size=300", "trainer.epochs=2"]
-    proc = start_sweep([*longer, *PARALLEL, "stride=24,32,48", "hydra.sweep.dir=sw"], tmp_path)
+    proc = start_sweep([*longer, *SLOTS[slots], "stride=24,32,48", "hydra.sweep.dir=sw"], tmp_path)
     logs = [tmp_path / "sw" / str(i) / "qaexp.log" for i in (0, 1)]
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

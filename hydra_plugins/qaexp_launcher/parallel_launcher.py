@@ -2,11 +2,14 @@
 
 Jobs wait in a queue and run `jobs` at a time, each in a slot of its own: `gpus_per_job` GPUs
 from `devices` (CUDA_VISIBLE_DEVICES set per job; the next job starts when a slot frees up)
-or, without GPUs, `cpus_per_job` threads. Each job runs through Hydra's `run_job` in a fresh
-Python process (the same output folder, .hydra/ files, logging and callbacks as the basic
-launcher), so a failed job never stops the others. See jobqueue.py for Ctrl-C / SIGTERM.
+or, without GPUs, `cpus_per_job` threads. Each job runs through Hydra's `run_job` in a
+process of its own (the same output folder, .hydra/ files, logging and callbacks as the basic
+launcher), so a failed job never stops the others: a fresh interpreter for a GPU slot, a fork
+of this process (imports done once) for a CPU slot unless `start_method=spawn`. See
+jobqueue.py for Ctrl-C / SIGTERM.
 """
 
+import functools
 import logging
 import os
 import sys
@@ -23,7 +26,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.qaexp_launcher.jobqueue import JobQueue, QueuedJob
-from hydra_plugins.qaexp_launcher.slots import available_cpus, plan_slots
+from hydra_plugins.qaexp_launcher.slots import SlotError, available_cpus, plan_slots
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ class ParallelLauncherConf:
     devices: list[str] | None = None  # GPU ids to use (default: the visible ones; [] = CPU)
     cpus_per_job: int | None = None  # threads per job (default: the cores shared evenly)
     stop_timeout_s: float = 120.0  # after SIGTERM, how long jobs get to save state and exit
+    start_method: str = "auto"  # auto: CPU-slot jobs forked from the launcher; spawn: never
 
 
 ConfigStore.instance().store(
@@ -70,6 +74,12 @@ class ParallelLauncher(Launcher):
         slots = plan_slots(
             p["devices"], p["gpus_per_job"], p["jobs"], p["cpus_per_job"], available_cpus()
         )
+        if p["start_method"] not in ("auto", "spawn"):
+            raise SlotError(
+                f"hydra.launcher.start_method={p['start_method']}: use auto (jobs on CPU slots "
+                "are forked from the launcher, GPU jobs start a fresh interpreter) or spawn "
+                "(every job starts a fresh interpreter)."
+            )
         log.info(
             "Launching %d jobs, %d at a time, into %s", len(job_overrides), len(slots), sweep_dir
         )
@@ -113,7 +123,12 @@ class ParallelLauncher(Launcher):
             str(tmp / f"{index}.pkl"),
             str(tmp / f"{index}.result"),
         ]
-        job = QueuedJob(index, argv, child_env(), os.getcwd())
+        fork = None
+        if self.params["start_method"] == "auto":
+            fork = functools.partial(
+                run_forked, str(tmp / f"{index}.pkl"), str(tmp / f"{index}.result")
+            )
+        job = QueuedJob(index, argv, child_env(), os.getcwd(), fork=fork)
         job.extra.update(config=config, overrides=overrides, result=tmp / f"{index}.result")
         return job
 
@@ -144,6 +159,13 @@ class ParallelLauncher(Launcher):
             config.hydra.runtime.output_dir = str(output_dir.resolve())
         self.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
         return ret
+
+
+def run_forked(payload_path: str, result_path: str) -> int:
+    """A job in a process forked from the launcher: what `python -m ...job` runs."""
+    from hydra_plugins.qaexp_launcher.job import main
+
+    return main(payload_path, result_path)
 
 
 def child_env() -> dict[str, str]:
