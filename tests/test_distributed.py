@@ -18,7 +18,6 @@ from tests.conftest import (
     SINGLE_RUN,
     TINY_RUN,
     assert_run_dir_contract,
-    read_jsonl,
     run_qaexp,
 )
 
@@ -289,7 +288,7 @@ def test_torchrun_restart_resumes_in_the_same_run_dir(tmp_path):
     2-process run."""
     import psutil
 
-    from tests.test_resume import RESUME_RUN, comparable, weights
+    from tests.test_resume import RESUME_RUN, assert_same_training
 
     args = [
         "--standalone", "--nproc_per_node=2", "--max-restarts=1", "--monitor-interval=0.5",
@@ -310,12 +309,8 @@ def test_torchrun_restart_resumes_in_the_same_run_dir(tmp_path):
     (run_dir,) = [p for p in (tmp_path / "outputs" / "runs").glob("*/*") if p.is_dir()]
     assert "Resuming from" in (run_dir / "qaexp.log").read_text()
     assert_run_dir_contract(run_dir, epochs=[1, 2, 3])
-    straight = tmp_path / "straight"
     result = run_qaexp(
         [*RESUME_RUN, "hydra.run.dir=straight", "hardware.num_processes=2"], tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = [comparable(read_jsonl(d / "metrics.jsonl")) for d in (run_dir, straight)]
-    assert metrics[0] == metrics[1]
-    a, b = weights(run_dir), weights(straight)
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert_same_training(run_dir, tmp_path / "straight")

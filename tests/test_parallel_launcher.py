@@ -222,3 +222,13 @@ def test_impossible_slots_name_the_key():
         slot_planning.plan_slots(["0", "1"], gpus_per_job=4, jobs=None, cpus_per_job=None, cpus=8)
     with pytest.raises(slot_planning.SlotError, match=r"hydra.launcher.jobs=0: must be a positive"):
         slot_planning.plan_slots([], gpus_per_job=1, jobs=0, cpus_per_job=None, cpus=8)
+
+
+def test_an_unknown_start_method_is_refused_before_any_job(tmp_path):
+    result = run_qaexp(
+        ["--multirun", *JOB, *PARALLEL, "hydra.launcher.start_method=fork", "stride=24,32"],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "hydra.launcher.start_method=fork" in result.stderr and "auto, spawn" in result.stderr
+    assert not (tmp_path / "outputs").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -43,6 +44,25 @@ def weights(run_dir):
     return load_file(run_dir / "checkpoint" / "model.safetensors")
 
 
+def assert_same_training(run_dir: Path, straight: Path) -> None:
+    """Metrics (timings aside) and every checkpoint weight equal to the uninterrupted run's."""
+    assert comparable(read_jsonl(run_dir / "metrics.jsonl")) == comparable(
+        read_jsonl(straight / "metrics.jsonl")
+    )
+    a, b = weights(run_dir), weights(straight)
+    assert a.keys() == b.keys()
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+def result_files(run_dir: Path) -> dict[str, bytes]:
+    """Every file a run wrote, but its log and the .hydra/ files Hydra writes at each launch."""
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in run_dir.rglob("*")
+        if p.is_file() and p.name != "qaexp.log" and ".hydra" not in p.parts
+    }
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("straight")
@@ -77,12 +97,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(uninterrupted, tmp_pat
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from" in (tmp_path / "run" / "qaexp.log").read_text()
     assert_run_dir_contract(tmp_path / "run", epochs=[1, 2, 3])
-    assert comparable(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == comparable(
-        read_jsonl(uninterrupted / "metrics.jsonl")
-    )
-    a, b = weights(tmp_path / "run"), weights(uninterrupted)
-    assert a.keys() == b.keys()
-    assert all((a[k] == b[k]).all() for k in a)
+    assert_same_training(tmp_path / "run", uninterrupted)
     assert json.loads((tmp_path / "run" / "predictions.json").read_text()) == json.loads(
         (uninterrupted / "predictions.json").read_text()
     )
@@ -151,21 +166,13 @@ def test_resuming_a_completed_run_changes_nothing(tmp_path):
     assert run_qaexp(args, cwd=tmp_path).returncode == 0
     run_dir = tmp_path / "run"
     assert not (run_dir / "state").exists()
-
-    def files() -> dict[str, bytes]:
-        return {
-            str(p.relative_to(run_dir)): p.read_bytes()
-            for p in run_dir.rglob("*")
-            if p.is_file() and p.name != "qaexp.log" and ".hydra" not in p.parts
-        }
-
-    before = files()
+    before = result_files(run_dir)
     again = run_qaexp([*args, "trainer.resume=true"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert files() == before
+    assert result_files(run_dir) == before
     assert "already completed: nothing to resume" in (run_dir / "qaexp.log").read_text()
 
     longer = run_qaexp([*args, "trainer.resume=true", "trainer.epochs=2"], cwd=tmp_path)
     assert longer.returncode == 2
     assert "trainer.epochs: 1 -> 2" in longer.stderr and "Cannot resume" in longer.stderr
-    assert files() == before
+    assert result_files(run_dir) == before

@@ -1,11 +1,11 @@
 """A queue of job processes run `len(slots)` at a time, each in its own slot.
 
-Each job is a child process in its own session, started from its command line (a fresh
-interpreter) or, when the job has a `fork` function, forked from this process (whose imports
-are done already) (so a terminal's Ctrl-C reaches only the launcher,
-which then decides). When a job's main process exits, whatever it left in its session (data
-loader workers, a tracker's service process) is killed before the process is reaped, so no
-process outlives its job. SIGTERM or Ctrl-C to the launcher forwards SIGTERM to every running
+Each job is a child process in its own session (so a terminal's Ctrl-C reaches only the
+launcher, which then decides), started from its command line (a fresh interpreter) or, when
+the job has a `fork` function, forked from this process (whose imports are done already).
+When a job's main process exits, whatever it left in its session (data loader workers, a
+tracker's service process) is killed before the process is reaped, so no process outlives
+its job. SIGTERM or Ctrl-C to the launcher forwards SIGTERM to every running
 job, starts no queued job, waits up to `stop_timeout_s` for the jobs to save their state and
 exit, then kills what is left; a second signal kills at once.
 """

@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,14 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.qaexp_launcher.jobqueue import JobQueue, QueuedJob
-from hydra_plugins.qaexp_launcher.slots import SlotError, available_cpus, plan_slots
+from hydra_plugins.qaexp_launcher.slots import available_cpus, plan_slots
 
 log = logging.getLogger(__name__)
+
+
+class StartMethod(Enum):
+    auto = "auto"  # jobs on CPU slots forked from the launcher, GPU jobs a fresh interpreter
+    spawn = "spawn"  # every job a fresh interpreter
 
 
 @dataclass
@@ -39,7 +45,7 @@ class ParallelLauncherConf:
     devices: list[str] | None = None  # GPU ids to use (default: the visible ones; [] = CPU)
     cpus_per_job: int | None = None  # threads per job (default: the cores shared evenly)
     stop_timeout_s: float = 120.0  # after SIGTERM, how long jobs get to save state and exit
-    start_method: str = "auto"  # auto: CPU-slot jobs forked from the launcher; spawn: never
+    start_method: StartMethod = StartMethod.auto
 
 
 ConfigStore.instance().store(
@@ -74,12 +80,6 @@ class ParallelLauncher(Launcher):
         slots = plan_slots(
             p["devices"], p["gpus_per_job"], p["jobs"], p["cpus_per_job"], available_cpus()
         )
-        if p["start_method"] not in ("auto", "spawn"):
-            raise SlotError(
-                f"hydra.launcher.start_method={p['start_method']}: use auto (jobs on CPU slots "
-                "are forked from the launcher, GPU jobs start a fresh interpreter) or spawn "
-                "(every job starts a fresh interpreter)."
-            )
         log.info(
             "Launching %d jobs, %d at a time, into %s", len(job_overrides), len(slots), sweep_dir
         )
@@ -115,21 +115,14 @@ class ParallelLauncher(Launcher):
             "task": task_reference(self.task_function),
             "singletons": Singleton.get_state(),
         }
-        (tmp / f"{index}.pkl").write_bytes(cloudpickle.dumps(payload))
-        argv = [
-            sys.executable,
-            "-m",
-            "hydra_plugins.qaexp_launcher.job",
-            str(tmp / f"{index}.pkl"),
-            str(tmp / f"{index}.result"),
-        ]
+        files = (tmp / f"{index}.pkl", tmp / f"{index}.result")  # what the job reads, writes
+        files[0].write_bytes(cloudpickle.dumps(payload))
+        argv = [sys.executable, "-m", "hydra_plugins.qaexp_launcher.job", *map(str, files)]
         fork = None
-        if self.params["start_method"] == "auto":
-            fork = functools.partial(
-                run_forked, str(tmp / f"{index}.pkl"), str(tmp / f"{index}.result")
-            )
+        if self.params["start_method"] == StartMethod.auto:
+            fork = functools.partial(run_forked, *map(str, files))
         job = QueuedJob(index, argv, child_env(), os.getcwd(), fork=fork)
-        job.extra.update(config=config, overrides=overrides, result=tmp / f"{index}.result")
+        job.extra.update(config=config, overrides=overrides, result=files[1])
         return job
 
     def _ended(self, job: QueuedJob) -> JobReturn:

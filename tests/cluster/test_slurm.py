@@ -22,7 +22,7 @@ from tests.conftest import (
     read_jsonl,
     run_qaexp,
 )
-from tests.test_resume import RESUME_RUN, comparable, weights
+from tests.test_resume import RESUME_RUN, assert_same_training, result_files
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.processes]
 
@@ -84,14 +84,10 @@ def uninterrupted(tmp_path_factory):
     return run
 
 
-def job_metrics(root: Path, job: str = "0") -> Path | None:
-    found = list(root.glob(f"outputs/multirun/*/*/{job}/metrics.jsonl"))
-    return found[0] if found else None
-
-
 def epochs_recorded(root: Path, job: str = "0") -> int:
-    metrics = job_metrics(root, job)
-    return metrics.read_text().count("\n") if metrics else 0
+    """Epochs in the metrics of the sweep's job (default folders; 0 before it has any)."""
+    found = list(root.glob(f"outputs/multirun/*/*/{job}/metrics.jsonl"))
+    return found[0].read_text().count("\n") if found else 0
 
 
 def submitted_job_ids(sweep: Path) -> list[str]:
@@ -109,23 +105,10 @@ def status_of(run_dir: Path) -> str | None:
     return json.loads(summary.read_text())["status"] if summary.is_file() else None
 
 
-def results_of(run_dir: Path) -> dict[str, bytes]:
-    """Every file a run wrote, but its log and the .hydra/ files Hydra writes for each launch."""
-    return {
-        str(p.relative_to(run_dir)): p.read_bytes()
-        for p in run_dir.rglob("*")
-        if p.is_file() and p.name != "qaexp.log" and ".hydra" not in p.parts
-    }
-
-
 def assert_equals_uninterrupted(run_dir: Path, straight: Path) -> dict:
     """Epochs 1-3 recorded once each, metrics and every weight equal to the straight run."""
     summary = assert_run_dir_contract(run_dir, epochs=[1, 2, 3])
-    assert comparable(read_jsonl(run_dir / "metrics.jsonl")) == comparable(
-        read_jsonl(straight / "metrics.jsonl")
-    )
-    a, b = weights(run_dir), weights(straight)
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert_same_training(run_dir, straight)
     return summary
 
 
@@ -171,10 +154,10 @@ def test_cancelled_sweep_resumes_with_the_command_its_log_prints(slurm, uninterr
     straight = uninterrupted(1)
     args = [*RESUME_RUN, "trainer.epochs=3,1"]
     proc = start_sweep(slurm, args, tmp_path)
-    wait_for(lambda: epochs_recorded(tmp_path, "1") >= 1 and epochs_recorded(tmp_path) >= 1, proc)
+    wait_for(lambda: epochs_recorded(tmp_path) >= 1, proc)
     (sweep,) = sweep_folders(tmp_path)
     wait_for(lambda: status_of(sweep / "1") == "completed", proc)
-    finished = results_of(sweep / "1")
+    finished = result_files(sweep / "1")
     job_ids = submitted_job_ids(sweep)
     assert len(job_ids) == 2
     slurm.run("scancel", "--signal=TERM", job_ids[0])
@@ -191,7 +174,7 @@ def test_cancelled_sweep_resumes_with_the_command_its_log_prints(slurm, uninterr
     assert proc.returncode == 0, stderr[-3000:]
     assert_equals_uninterrupted(run_dir, straight)
     assert "already completed: nothing to resume" in (sweep / "1" / "qaexp.log").read_text()
-    assert results_of(sweep / "1") == finished
+    assert result_files(sweep / "1") == finished
     assert (sweep / "comparison.md").is_file()
 
 
