@@ -22,6 +22,9 @@ from qaexp.errors import QAExpError
 # Flags after which Hydra runs no job (help, config printing, tab completion).
 NO_RUN_FLAGS = {"-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info"}
 NO_RUN_FLAGS |= {"-sc", "--shell-completion", "-cp", "--config-path", "-cd", "--config-dir"}
+# Hydra's modes, of which one command takes one (it raises a ValueError on two).
+MODE_FLAGS = {"-r": "--run", "-m": "--multirun", "-c": "--cfg", "-i": "--info"}
+MODE_FLAGS |= {"-sc": "--shell-completion"}
 MAX_CHECKED_JOBS = 64  # a sweep's settings are checked job by job up to this many
 
 
@@ -116,6 +119,14 @@ def check_command_line(argv: list[str], conf_dir: str) -> None:
     ...); for a --multirun, also the inputs its jobs share (`preflight_sweep`)."""
     from hydra._internal.utils import get_args_parser
 
+    flags = {arg.split("=", 1)[0] for arg in argv}
+    modes = sorted({MODE_FLAGS.get(flag, flag) for flag in flags} & set(MODE_FLAGS.values()))
+    if len(modes) > 1:
+        raise QAExpError(
+            f"{' and '.join(modes)} cannot be given together: Hydra runs one of them per "
+            "command. To see a sweep job's config, give its overrides without --multirun "
+            "(`python -m qaexp stride=64 --cfg job`)."
+        )
     if NO_RUN_FLAGS & {arg.split("=", 1)[0] for arg in argv}:
         return
     args = get_args_parser().parse_args(argv)

@@ -176,6 +176,7 @@ def test_malformed_squad_json_names_the_place(tmp_path, content, expected):
         ),
         (["stride=200"], "stride=200 must be smaller"),
         (["trainer.epochs=-1"], "trainer.epochs=-1"),
+        (["--multirun", "seed=1,2", "--cfg", "job"], "--cfg and --multirun cannot be given"),
     ],
 )
 def test_cli_bad_input_exits_2_and_leaves_no_run_dir(tmp_path, args, message):
