@@ -22,7 +22,12 @@ from qaexp.config import QAExpConfig, register_configs
 from qaexp.console import quiet_libraries
 from qaexp.errors import QAExpError, RunInterrupted
 from qaexp.tracking import RunLabels
-from qaexp.tracking.rundir import SUMMARY_FILE, remove_temporary_files, write_json_atomic
+from qaexp.tracking.rundir import (
+    SUMMARY_FILE,
+    job_running_mark,
+    remove_temporary_files,
+    write_json_atomic,
+)
 
 log = logging.getLogger("qaexp")
 
@@ -71,12 +76,13 @@ def run_labels(hydra_cfg: DictConfig) -> RunLabels:
 
 def run(cfg: DictConfig) -> float:
     """Run one job and return its best F1 (what a Hydra sweeper optimises)."""
-    from qaexp.launch import run_job
-
-    settings: QAExpConfig = OmegaConf.to_object(cfg)
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    summary = run_job(settings, run_dir, run_labels(hydra_cfg))
+    with job_running_mark(run_dir):  # qaexp.compare shows the job as running meanwhile
+        from qaexp.launch import run_job
+
+        settings: QAExpConfig = OmegaConf.to_object(cfg)
+        summary = run_job(settings, run_dir, run_labels(hydra_cfg))
     log.info(
         "best epoch %s: EM %.2f F1 %.2f; results in %s",
         summary["best_epoch"],
