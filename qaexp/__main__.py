@@ -150,10 +150,12 @@ def describe_failure(err: BaseException) -> str:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
     for failure in chain:
-        if isinstance(failure, OSError) and failure.errno:
-            name = errno.errorcode.get(failure.errno, str(failure.errno))
+        if isinstance(failure, OSError) and (failure.errno or failure.filename):
+            name = (
+                f" ({errno.errorcode.get(failure.errno, failure.errno)})" if failure.errno else ""
+            )
             where = f" at {failure.filename}" if failure.filename else ""
-            return f"{failure.strerror or failure} ({name}){where}"
+            return f"{failure.strerror or failure}{name}{where}"
     frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
     place = f" (in {Path(frame.filename).name}:{frame.lineno}, {frame.name})" if frame else ""
     kind = "missing key " if isinstance(err, KeyError) else ""
