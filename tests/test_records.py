@@ -186,3 +186,28 @@ def test_describe_failure_names_a_file_without_an_errno():
 
     line = describe_failure(OSError(None, "unexpected pos 576, writing the state", "/r/x.bin"))
     assert line == "unexpected pos 576, writing the state at /r/x.bin"
+
+
+def test_predict_on_a_full_disk_names_the_file_and_leaves_nothing(
+    tmp_path, tiny_qa_checkpoint, monkeypatch, caplog
+):
+    """The output folder passed the check, then the disk filled up while writing."""
+    import logging
+
+    from qaexp.predict import main
+    from qaexp.tracking import rundir
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    (tmp_path / "q.json").write_text(
+        json.dumps([{"id": "a", "question": "Who?", "context": "Ada wrote it."}])
+    )
+    output = tmp_path / "out" / "answers.json"
+    monkeypatch.setattr(rundir.os, "fsync", full)
+    args = [f"checkpoint={tiny_qa_checkpoint}", f"input={tmp_path / 'q.json'}", f"output={output}"]
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 1
+    assert f"Writing {output} failed: No space left on device (ENOSPC)" in caplog.text
+    assert list((tmp_path / "out").iterdir()) == []
