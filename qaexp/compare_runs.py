@@ -6,6 +6,7 @@ The lowest comparison module: compare_plot and compare import it, it imports nei
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Hashable
@@ -235,6 +236,7 @@ def load_runs(paths: list[Path]) -> list[RunResult]:
 # --- settings as the runs parsed them ---------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)  # a sweep repeats its values
 def parsed_value(value: str) -> Hashable:
     """An override value as Hydra parses it, comparable: `true`/`True` -> True, `1`/`1.0` ->
     1 (Python's 1 == 1.0), `1e-4`/`0.0001` -> 0.0001; lists and dicts as their text."""
