@@ -27,7 +27,12 @@ from qaexp.config import QAExpConfig, register_configs
 from qaexp.console import quiet_libraries
 from qaexp.errors import QAExpError, RunInterrupted
 from qaexp.tracking import RunLabels
-from qaexp.tracking.rundir import SUMMARY_FILE, remove_temporary_files, write_json_atomic
+from qaexp.tracking.rundir import (
+    SUMMARY_FILE,
+    job_running_mark,
+    remove_temporary_files,
+    write_json_atomic,
+)
 
 log = logging.getLogger("qaexp")
 
@@ -106,12 +111,13 @@ def run_labels(hydra_cfg: DictConfig) -> RunLabels:
 
 def run(cfg: DictConfig) -> float:
     """Run one job and return its best F1 (what a Hydra sweeper optimises)."""
-    from qaexp.launch import run_job
-
-    settings: QAExpConfig = OmegaConf.to_object(cfg)
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    summary = run_job(settings, run_dir, run_labels(hydra_cfg))
+    with job_running_mark(run_dir):  # qaexp.compare shows the job as running meanwhile
+        from qaexp.launch import run_job
+
+        settings: QAExpConfig = OmegaConf.to_object(cfg)
+        summary = run_job(settings, run_dir, run_labels(hydra_cfg))
     log.info(
         "best epoch %s: EM %.2f F1 %.2f; results in %s",
         summary["best_epoch"],
@@ -179,10 +185,12 @@ def describe_failure(err: BaseException) -> str:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
     for failure in chain:
-        if isinstance(failure, OSError) and failure.errno:
-            name = errno.errorcode.get(failure.errno, str(failure.errno))
+        if isinstance(failure, OSError) and (failure.errno or failure.filename):
+            name = (
+                f" ({errno.errorcode.get(failure.errno, failure.errno)})" if failure.errno else ""
+            )
             where = f" at {failure.filename}" if failure.filename else ""
-            return f"{failure.strerror or failure} ({name}){where}"
+            return f"{failure.strerror or failure}{name}{where}"
     frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
     place = f" (in {Path(frame.filename).name}:{frame.lineno}, {frame.name})" if frame else ""
     kind = "missing key " if isinstance(err, KeyError) else ""

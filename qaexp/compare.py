@@ -31,6 +31,7 @@ except ImportError:  # not POSIX: comparisons written by concurrent jobs are not
 from qaexp.compare_plot import plot_comparison
 from qaexp.compare_runs import (
     METRICS,
+    SUMMARY_DAMAGED,
     RunGroup,
     RunResult,
     differing_keys,
@@ -224,28 +225,43 @@ def csv_text(header: list[str], rows: list[list[Any]]) -> str:
 # --- writing ---------------------------------------------------------------------------
 
 
+def not_completed(runs: list[RunResult]) -> str:
+    """`2 run(s) did not complete: 4 (failed), 5 (running)`, naming each run."""
+    missing = [run for run in runs if not run.completed]
+    if not missing:
+        return "every run completed"
+    named = ", ".join(f"{run.label} ({run.status})" for run in missing)
+    return f"{len(missing)} run(s) did not complete: {named}"
+
+
+def run_notes(runs: list[RunResult]) -> str:
+    """A section naming the runs whose files are damaged, and what to do about each."""
+    notes = [f"- {run.label}: {run.note}" for run in runs if run.note]
+    return "\n## Damaged run files\n\n" + "\n".join(notes) + "\n" if notes else ""
+
+
 def write_comparison(runs: list[RunResult], out_dir: Path) -> str:
     """Write comparison.csv, .md and .png into out_dir; return the markdown table. Runs that
     differ only in `seed` are one row (mean ± sd) when any setting has several seeds."""
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = group_replicates(runs)
     keys = differing_keys(runs)
-    failed = sum(not run.completed for run in runs)
     intro = f"# Comparison of {len(runs)} runs\n\n"
     if has_replicates(groups):
         header, rows, csv_header, csv_rows = group_table(groups, keys)
         table = markdown_table(header, rows)
         intro += (
             f"{len(groups)} settings, ranked by mean best dev F1 (EM/F1 in %; mean ± sd "
-            f"over the seeds, n completed); {failed} run(s) did not complete.\n\n"
+            f"over the seeds, n completed); {not_completed(runs)}.\n\n"
         )
         outro = "\n" + noise_section(groups)
     else:
         csv_header, csv_rows = table_rows(runs)
         header, rows = csv_header, csv_rows
         table = markdown_table(header, rows)
-        intro += f"Ranked by best dev F1 (EM/F1 in %); {failed} run(s) did not complete.\n\n"
+        intro += f"Ranked by best dev F1 (EM/F1 in %); {not_completed(runs)}.\n\n"
         outro = "\n" + NO_NOISE_ESTIMATE + "\n"
+    outro += run_notes(runs)
     csv_path, md_path, png_path = (out_dir / name for name in OUTPUT_FILES)
     write_text_atomic(csv_path, csv_text(csv_header, csv_rows))
     write_text_atomic(md_path, intro + table + outro)
@@ -352,8 +368,8 @@ SWEEP_FAILURES: list[str] = []
 
 
 def failed_jobs(sweep_dir: Path) -> list[str]:
-    """`#N (settings)` for each job of the sweep whose summary says it failed, by the
-    settings that differ between the jobs."""
+    """`#N (settings)` for each job of the sweep whose summary says it failed (or is damaged
+    and its results incomplete), by the settings that differ between the jobs."""
     try:
         runs = load_runs([sweep_dir])
     except QAExpError:
@@ -362,7 +378,7 @@ def failed_jobs(sweep_dir: Path) -> list[str]:
     return [
         f"#{run.label} ({' '.join(f'{k}={run.overrides.get(k)}' for k in keys) or 'defaults'})"
         for run in runs
-        if run.status == "failed"
+        if run.status == "failed" or (run.status == SUMMARY_DAMAGED and not run.completed)
     ]
 
 

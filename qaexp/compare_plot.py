@@ -87,7 +87,7 @@ def plot_best_f1_by(
 ) -> None:
     """Best F1 of each completed run against one sweep parameter, with the mean per value."""
     done = [r for r in runs if r.completed and r.best]
-    values = [r.overrides.get(key, "default") for r in done]
+    values = [str(r.settings.get(key, "default")) for r in done]  # `true`, `True`: one value
     best = [r.best["f1"] for r in done]
     numbers = _as_numbers(values)
     if numbers is None:  # categorical: one slot per distinct value, in first-seen order

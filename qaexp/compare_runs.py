@@ -6,9 +6,11 @@ The lowest comparison module: compare_plot and compare import it, it imports nei
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,22 @@ import yaml
 
 from qaexp.compare_stats import Spread, spread
 from qaexp.errors import QAExpError
-from qaexp.tracking.rundir import METRICS_FILE, SUMMARY_FILE, read_metrics
+from qaexp.tracking.rundir import (
+    CHECKPOINT_DIR,
+    JOB_MARK,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    checkpoint_epoch,
+    job_is_running,
+    read_metrics,
+)
 
 log = logging.getLogger("qaexp.compare")
 
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 REPLICATE_KEY = "seed"  # runs that differ only in this override are replicates of one setting
+RUNNING = "running"  # no summary yet, and the job's process still holds its running mark
+SUMMARY_DAMAGED = "summary damaged"  # summary.json exists but cannot be read
 
 
 @dataclass
@@ -29,13 +41,24 @@ class RunResult:
     """One run as the comparison sees it; the numbers come from its metrics.jsonl."""
 
     label: str
-    overrides: dict[str, str]
-    status: str  # summary.json's status; "failed" when the run wrote no summary
+    overrides: dict[str, str]  # as typed on the command line (shown)
+    status: str  # summary.json's status, RUNNING, SUMMARY_DAMAGED, or "failed" without one
     epochs: list[dict]
+    # The override values as the run parsed them (`true`, `True` -> True; `1e-4`, `0.0001` ->
+    # 0.0001): what tells settings apart. From `overrides` when not given.
+    settings: dict[str, Hashable] = field(default_factory=dict)
+    results_complete: bool = False  # SUMMARY_DAMAGED: metrics and checkpoint are complete
+    note: str | None = None  # what is wrong with the run's files, and what to do
+
+    def __post_init__(self) -> None:
+        for key, value in self.overrides.items():
+            self.settings.setdefault(key, parsed_value(value))
 
     @property
     def completed(self) -> bool:
-        return self.status == "completed"
+        return self.status == "completed" or (
+            self.status == SUMMARY_DAMAGED and self.results_complete
+        )
 
     @property
     def best(self) -> dict | None:
@@ -118,12 +141,67 @@ def read_overrides(run_dir: Path) -> dict[str, str]:
     return overrides
 
 
-def read_status(run_dir: Path) -> str:
-    """summary.json's status; a run that wrote no (readable) summary did not finish: failed."""
+def read_status(run_dir: Path) -> tuple[str, str | None]:
+    """The run's status and, when its summary.json is damaged, a note naming the file and
+    what to do. A running job (its process holds the running mark) is RUNNING; one that
+    wrote no summary and no longer runs was killed: failed."""
+    if job_is_running(run_dir):
+        return RUNNING, None
+    path = run_dir / SUMMARY_FILE
     try:
-        return json.loads((run_dir / SUMMARY_FILE).read_text()).get("status", "failed")
-    except (OSError, ValueError):
-        return "failed"
+        summary = json.loads(path.read_text())
+        status = summary["status"]
+        if not isinstance(status, str):
+            raise TypeError(f"status is {status!r}")
+        return status, None
+    except FileNotFoundError:
+        return "failed", None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        why = f"{type(err).__name__}: {err}" if not isinstance(err, OSError) else err.strerror
+        return SUMMARY_DAMAGED, f"{path} cannot be read ({why})"
+
+
+def configured_epochs(run_dir: Path) -> tuple[int | None, str | None]:
+    """trainer.epochs and trainer.save_checkpoint from the run's composed config."""
+    trainer = (read_config(run_dir) or {}).get("trainer") or {}
+    epochs = trainer.get("epochs")
+    return (epochs if isinstance(epochs, int) else None), trainer.get("save_checkpoint")
+
+
+def results_complete(run_dir: Path, epochs: list[dict]) -> tuple[bool, str]:
+    """Whether metrics.jsonl holds every configured epoch and checkpoint/ a complete copy of
+    one of them; and a few words saying what is there."""
+    expected, policy = configured_epochs(run_dir)
+    recorded = [e.get("epoch") for e in epochs]
+    kept = checkpoint_epoch(run_dir / CHECKPOINT_DIR)
+    checkpoint = "no checkpoint" if kept is None else f"checkpoint/ epoch {kept}"
+    if expected is None:
+        return False, f"{len(recorded)} epoch(s) in {METRICS_FILE}, {checkpoint}"
+    wanted = list(range(1, expected + 1)) if expected else [0]
+    has_checkpoint = kept in recorded or policy == "none" or not expected
+    what = f"{len(recorded)} of {len(wanted)} epoch(s) in {METRICS_FILE}, {checkpoint}"
+    return recorded == wanted and has_checkpoint, what
+
+
+def damaged_summary_note(run_dir: Path, problem: str, complete: bool, what: str) -> str:
+    """One paragraph: which summary.json is damaged, what the comparison does, what to do."""
+    if complete:
+        return (
+            f"{problem}, but the run's results are complete ({what}): the comparison shows "
+            f"it from {METRICS_FILE}. The summary's own records (wall time, versions, config) "
+            "are lost: restore the file from a backup, or rerun the job into a new folder if "
+            "you need them (trainer.resume=true in this folder would train it again)."
+        )
+    state = (run_dir / "state").is_dir()
+    return (
+        f"{problem}, and the run's results are incomplete ({what}): it is counted as not "
+        "completed. "
+        + (
+            "Continue it with trainer.resume=true (its state/ is saved)."
+            if state
+            else "Rerun the job (no saved state/ to continue from)."
+        )
+    )
 
 
 def read_epochs(run_dir: Path) -> list[dict]:
@@ -137,17 +215,72 @@ def read_epochs(run_dir: Path) -> list[dict]:
         return []
 
 
+def read_run(run_dir: Path, label: str) -> RunResult:
+    """One run folder as the comparison sees it; a damaged summary.json is named in a
+    warning."""
+    status, problem = read_status(run_dir)
+    epochs = read_epochs(run_dir)
+    overrides = read_overrides(run_dir)
+    run = RunResult(label, overrides, status, epochs, settings_of(run_dir, overrides))
+    if problem:
+        run.results_complete, what = results_complete(run_dir, epochs)
+        run.note = damaged_summary_note(run_dir, problem, run.results_complete, what)
+        log.warning("%s", run.note)
+    return run
+
+
 def load_runs(paths: list[Path]) -> list[RunResult]:
-    return [
-        RunResult(label, read_overrides(run_dir), read_status(run_dir), read_epochs(run_dir))
-        for run_dir, label in find_run_dirs(paths)
-    ]
+    return [read_run(run_dir, label) for run_dir, label in find_run_dirs(paths)]
+
+
+# --- settings as the runs parsed them ---------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)  # a sweep repeats its values
+def parsed_value(value: str) -> Hashable:
+    """An override value as Hydra parses it, comparable: `true`/`True` -> True, `1`/`1.0` ->
+    1 (Python's 1 == 1.0), `1e-4`/`0.0001` -> 0.0001; lists and dicts as their text."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_override(f"key={value}").value()
+    except Exception:  # not a value Hydra can parse (a hand-edited file): the text itself
+        return value
+    return parsed if isinstance(parsed, Hashable) else json.dumps(parsed, sort_keys=True)
+
+
+def read_config(run_dir: Path) -> dict | None:
+    """The run's composed config (.hydra/config.yaml, unresolved), or None."""
+    try:
+        config = yaml.safe_load((run_dir / JOB_MARK).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def settings_of(run_dir: Path, overrides: dict[str, str]) -> dict[str, Hashable]:
+    """Each override's value as the run used it: the typed value in its composed config
+    (`optimizer.lr=1` and `=1.0` are both 1.0 there; `trainer.resume=True` is true), else as
+    Hydra parses the text (config groups such as `model=tiny`, keys outside the config)."""
+    config = read_config(run_dir) or {}
+    settings = {}
+    for key, text in overrides.items():
+        value: Any = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        typed = value is not None and not isinstance(value, (dict, list))
+        if typed and isinstance(value, str) and "${" in value:  # an interpolation
+            typed = False
+        settings[key] = value if typed else parsed_value(text)
+    return settings
 
 
 def differing_keys(runs: list[RunResult]) -> list[str]:
-    """Override keys whose value is not the same in every run (a missing key counts)."""
+    """Override keys whose value is not the same in every run (a missing key counts), values
+    compared as the runs parsed them."""
+    missing = object()
     keys = sorted({key for run in runs for key in run.overrides})
-    return [key for key in keys if len({run.overrides.get(key) for run in runs}) > 1]
+    return [key for key in keys if len({run.settings.get(key, missing) for run in runs}) > 1]
 
 
 def rank(runs: list[RunResult]) -> list[RunResult]:
@@ -224,10 +357,10 @@ class RunGroup:
 def group_replicates(runs: list[RunResult]) -> list[RunGroup]:
     """Runs grouped by their overrides without `seed`, ranked like runs: completed groups by
     mean best F1, highest first, then groups with no completed run."""
-    groups: dict[tuple, RunGroup] = {}
+    groups: dict[frozenset, RunGroup] = {}
     for run in runs:
         setting = {k: v for k, v in run.overrides.items() if k != REPLICATE_KEY}
-        key = tuple(sorted(setting.items()))
+        key = frozenset((k, v) for k, v in run.settings.items() if k != REPLICATE_KEY)
         groups.setdefault(key, RunGroup(setting, [])).runs.append(run)
     return sorted(
         groups.values(), key=lambda g: (not g.completed, -(g.spread("best F1").mean or 0.0))

@@ -24,6 +24,7 @@ paragraph on stderr and exit code 2, as in ``python -m qaexp``.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -296,6 +297,18 @@ def main(argv: list[str] | None = None) -> None:
     except QAExpError as err:
         log.error("%s", err)
         sys.exit(2)
+    except OSError as err:  # a write that failed after the output was checked: a full disk
+        if not err.filename:
+            raise
+        code = f" ({errno.errorcode.get(err.errno, err.errno)})" if err.errno else ""
+        log.error(
+            "Writing %s failed: %s%s; nothing half-written is left there. Free space (or "
+            "choose another output=) and run again.",
+            err.filename,
+            err.strerror or err,
+            code,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -270,3 +270,114 @@ def test_plot_labels_say_what_differs():
     assert run_label(run, ["stride"]) == "3: stride=64"
     twin = RunResult("output", {}, "completed", [])
     assert run_label(twin, [], position=2) == "output (#2)"
+
+
+# --- what each run's files say: running, damaged summaries, settings as parsed ----------------
+
+
+def with_results(run: Path, epochs: int, checkpoint_epoch: int | None) -> Path:
+    """Give a make_run folder its composed config (trainer.epochs) and a checkpoint."""
+    config = {"trainer": {"epochs": epochs, "save_checkpoint": "best"}, "seed": 0}
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    if checkpoint_epoch is not None:
+        (run / "checkpoint").mkdir()
+        (run / "checkpoint" / "qaexp_epoch.json").write_text(json.dumps({"epoch": 1}))
+    return run
+
+
+def test_a_complete_run_with_a_damaged_summary_is_named_and_still_ranked(sweep, caplog):
+    damaged = with_results(sweep / "2", epochs=2, checkpoint_epoch=1)
+    (damaged / "summary.json").write_text('{"status": "compl')  # torn by a bad disk
+    assert main([str(sweep)]) == 0
+    rows = read_csv(sweep / "comparison.csv")
+    assert [(r["run"], r["status"]) for r in rows][:2] == [
+        ("2", "summary damaged"),
+        ("0", "completed"),
+    ]
+    assert float(rows[0]["best F1"]) == 80.0  # ranked on its complete metrics
+    message = f"{damaged / 'summary.json'} cannot be read"
+    assert message in caplog.text and "results are complete" in caplog.text
+    assert "restore the file from a backup" in caplog.text
+    markdown = (sweep / "comparison.md").read_text()
+    assert "## Damaged run files" in markdown and message in markdown
+    assert "2 run(s) did not complete: 4 (failed), 5 (failed)" in markdown
+
+
+def test_an_incomplete_run_with_a_damaged_summary_is_not_counted_complete(sweep, caplog):
+    from qaexp.compare import failed_jobs
+
+    damaged = with_results(sweep / "1", epochs=3, checkpoint_epoch=1)  # 2 of 3 epochs
+    (damaged / "state").mkdir()
+    (damaged / "summary.json").write_bytes(b"\x00" * 40)
+    [run] = load_runs([damaged])
+    assert run.status == "summary damaged" and not run.completed
+    assert "2 of 3 epoch(s)" in run.note and "trainer.resume=true" in run.note
+    assert "#1 " in " ".join(failed_jobs(sweep))
+
+
+def test_a_running_job_is_running_until_its_process_ends(sweep):
+    from qaexp.tracking.rundir import job_running_mark
+
+    with_results(sweep / "5", epochs=2, checkpoint_epoch=None)
+    with job_running_mark(sweep / "5"):
+        [run] = load_runs([sweep / "5"])
+        assert run.status == "running" and not run.completed
+        main([str(sweep)])
+        assert (
+            "2 run(s) did not complete: 4 (failed), 5 (running)"
+            in (sweep / "comparison.md").read_text()
+        )
+    [run] = load_runs([sweep / "5"])
+    assert run.status == "failed"  # stopped without a summary: killed
+
+
+@pytest.mark.slow  # a real job in a subprocess (torch's import dominates)
+@pytest.mark.processes
+def test_a_real_job_is_running_while_it_trains(tmp_path):
+    import time
+
+    from tests.conftest import SMALL_RUN, start_qaexp
+
+    job = start_qaexp([*SMALL_RUN, "hydra.run.dir=run"], cwd=tmp_path)
+    seen = []
+    try:
+        deadline = time.monotonic() + 120
+        while job.poll() is None and "running" not in seen and time.monotonic() < deadline:
+            if (tmp_path / "run" / ".hydra" / "overrides.yaml").is_file():
+                seen += [run.status for run in load_runs([tmp_path / "run"])]
+            time.sleep(0.05)
+    finally:
+        _, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err[-2000:]
+    assert "running" in seen and "failed" not in seen[seen.index("running") :]
+    [run] = load_runs([tmp_path / "run"])
+    assert run.status == "completed"
+
+
+def test_values_are_compared_as_hydra_parses_them(tmp_path):
+    spellings = [
+        ["trainer.resume=true", "optimizer.lr=1e-4", "data.num_proc=1"],
+        ["trainer.resume=True", "optimizer.lr=0.0001", "data.num_proc=1.0"],
+    ]
+    root = tmp_path / "sweep"
+    for i, seed in enumerate((1, 2, 3)):
+        for j, spelled in enumerate(spellings):
+            make_run(root / str(2 * i + j), [*spelled, f"seed={seed}"], [60.0 + i + j])
+    make_run(root / "6", ["trainer.resume=false", "optimizer.lr=1e-4", "seed=1"], [50.0])
+    make_run(root / "7", ["trainer.resume=false", "optimizer.lr=1e-4", "seed=2"], [52.0])
+    assert main([str(root)]) == 0
+    rows = read_csv(root / "comparison.csv")
+    assert [(r["runs"], r["n"]) for r in rows] == [("0,1,2,3,4,5", "6"), ("6,7", "2")]
+    assert "optimizer.lr" not in rows[0]  # 1e-4 and 0.0001 are one value
+
+
+def test_typed_config_values_decide_what_differs(tmp_path):
+    """`optimizer.lr=1` and `optimizer.lr=1.0` both ran with lr 1.0 (the config is typed)."""
+    runs = []
+    for name, text in (("a", "1"), ("b", "1.0"), ("c", "2")):
+        run = make_run(tmp_path / name, [f"optimizer.lr={text}"], [50.0])
+        value = float(text)
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"optimizer": {"lr": value}}))
+        runs.append(run)
+    loaded = load_runs(runs)
+    assert loaded[0].settings == loaded[1].settings != loaded[2].settings

@@ -9,9 +9,11 @@ state (see the crash model in the README).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +22,11 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: a running job cannot be told from a stopped one
+    fcntl = None
 
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
@@ -91,6 +98,60 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def removed_on_failure(folder: Path, what: str) -> Iterator[Path]:
+    """Write `what` into the staging `folder`. When a write fails (a full disk, a file-size
+    limit, whatever the library raises for it), the folder is removed at once, not at the next
+    resume, and an OSError names the file that was being written and its errno."""
+    folder = Path(folder)
+    try:
+        yield folder
+    except Exception as err:
+        code, file = _failed_write(err, folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        reason = (err.strerror if isinstance(err, OSError) else None) or (
+            os.strerror(code) if code else f"{type(err).__name__}: {err}"
+        )
+        raise OSError(
+            code, f"{reason}, writing {what} (its unfinished {folder.name} was removed)", str(file)
+        ) from err
+
+
+def _failed_write(err: Exception, folder: Path) -> tuple[int | None, Path]:
+    """The errno of a failed write into `folder` and the file it was writing, as far as the
+    writer tells: an OSError names both (or the file is the last one written); safetensors
+    gives the errno in its message and removes the file it could not finish (then the folder
+    is named); torch.save gives neither but leaves its partial file, the last one written,
+    and one more byte after its last block shows the errno (ENOSPC on a full disk, EFBIG past
+    a size limit)."""
+    for cause in (err, err.__cause__, err.__context__):
+        if isinstance(cause, OSError) and cause.errno:
+            return cause.errno, Path(cause.filename) if cause.filename else _last_written(folder)
+    found = re.search(r"os error (\d+)", str(err))
+    if found:
+        return int(found.group(1)), folder
+    file = _last_written(folder)
+    try:
+        with open(file, "r+b") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            block = os.fstat(fh.fileno()).st_blksize or 4096
+            os.pwrite(fh.fileno(), b"\0", -(-size // block) * block)  # needs a new block
+    except OSError as probe:
+        if probe.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return probe.errno, file
+    return None, file
+
+
+def _last_written(folder: Path) -> Path:
+    """The file in `folder` written last (file times tick every few milliseconds, so among
+    equally new files the largest: the long write that was cut), else the folder."""
+    try:
+        files = [(f.stat(), f) for f in folder.rglob("*") if f.is_file()]
+    except OSError:
+        return folder
+    return max(files, key=lambda s: (s[0].st_mtime_ns, s[0].st_size))[1] if files else folder
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` atomically, flushed to disk before the rename."""
     with replaced_atomically(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
@@ -101,6 +162,47 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False))
+
+
+# The job's composed config, which Hydra writes when the job starts: the job holds a shared
+# lock on it for its whole life, so a reader can tell a running job from a stopped one.
+JOB_MARK = Path(".hydra") / "config.yaml"
+
+
+@contextmanager
+def job_running_mark(run_dir: Path) -> Iterator[None]:
+    """Mark the job as running while the block runs: a shared `flock` on its .hydra/config.yaml
+    (every rank of a launch may hold one). The kernel drops the lock when the process dies, so
+    a killed job never looks alive; over NFS, Linux maps flock onto the server's POSIX locks.
+    No mark where there is no such file (hydra.output_subdir=null, a Python call) or no flock."""
+    path = Path(run_dir) / JOB_MARK
+    try:
+        mark = open(path, "a+") if fcntl is not None and path.is_file() else None  # noqa: SIM115
+        if mark is not None:
+            fcntl.flock(mark, fcntl.LOCK_SH)
+    except OSError:  # a read-only run folder: run without the mark
+        mark = None
+    try:
+        yield
+    finally:
+        if mark is not None:
+            mark.close()  # releases the lock
+
+
+def job_is_running(run_dir: Path) -> bool:
+    """Whether a live process holds the job's running mark (see `job_running_mark`)."""
+    path = Path(run_dir) / JOB_MARK
+    if fcntl is None or not path.is_file():
+        return False
+    try:
+        with open(path, "a+") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False  # closing the probe releases its lock
+    except OSError:  # cannot open it for the probe (a read-only copy): not known to run
+        return False
 
 
 def null_threshold_record(record: dict) -> dict | None:
@@ -397,14 +499,15 @@ class RunRecorder:
             staged = _hidden(target, "tmp")
             if staged.exists():
                 shutil.rmtree(staged)
-            self.accelerator.unwrap_model(model).save_pretrained(
-                staged, save_function=self.accelerator.save
-            )
-            tokenizer.save_pretrained(staged)
-            if null_threshold is not None:
-                write_json_atomic(staged / NULL_THRESHOLD_FILE, null_threshold)
-            crash_point("checkpoint staged")
-            write_json_atomic(staged / CHECKPOINT_EPOCH_FILE, {"epoch": epoch})
+            with removed_on_failure(staged, f"the checkpoint of epoch {epoch}"):
+                self.accelerator.unwrap_model(model).save_pretrained(
+                    staged, save_function=self.accelerator.save
+                )
+                tokenizer.save_pretrained(staged)
+                if null_threshold is not None:
+                    write_json_atomic(staged / NULL_THRESHOLD_FILE, null_threshold)
+                crash_point("checkpoint staged")
+                write_json_atomic(staged / CHECKPOINT_EPOCH_FILE, {"epoch": epoch})
             replace_dir_atomic(staged, target)
             self.checkpoint_epoch = epoch
         self.accelerator.wait_for_everyone()

@@ -132,11 +132,23 @@ def _dataset_description(cfg: QAExpConfig) -> tuple[str, str | None]:
     data = cfg.data
     if data.source == DataSource.hub:
         return f"{data.hub_id} ({data.validation_split} split)", data.hub_id
-    if data.source == DataSource.json:
-        return f"the SQuAD JSON file {Path(data.validation_file or '').name}", None
-    if data.source == DataSource.files:
-        return f"the file {Path(data.validation_file or '').name}", None
-    return "qaexp's synthetic reading-comprehension data", None
+    return _file_description(cfg, data.validation_file), None
+
+
+def _training_data_description(cfg: QAExpConfig) -> str:
+    """A readable name of the data the weights were trained on."""
+    data = cfg.data
+    if data.source == DataSource.hub:
+        return f"{data.hub_id} ({data.train_split} split)"
+    return _file_description(cfg, data.train_file)
+
+
+def _file_description(cfg: QAExpConfig, file: str | None) -> str:
+    if cfg.data.source == DataSource.json:
+        return f"the SQuAD JSON file {Path(file or '').name}"
+    if cfg.data.source == DataSource.files:
+        return f"the file {Path(file or '').name}"
+    return "qaexp's synthetic reading-comprehension data"
 
 
 def _base_model(cfg: QAExpConfig) -> str | None:
@@ -225,16 +237,20 @@ def _settings_table(cfg: QAExpConfig, summary: dict) -> str:
     t, o = cfg.trainer, cfg.optimizer
     settings = {
         "base model": f"`{describe_model(cfg.model)}` ({cfg.model.init.value})",
-        "training data": f"{summary.get('train_examples', 0)} examples, "
-        f"{summary.get('train_windows', 0)} windows",
-        "evaluation data": f"{summary.get('eval_examples')} examples, "
-        f"{summary.get('eval_windows')} windows",
+        "training data": (
+            f"{_training_data_description(cfg)}: {summary.get('train_examples', 0)} examples, "
+            f"{summary.get('train_windows', 0)} windows"
+            if t.epochs
+            else "none (evaluated as loaded)"
+        ),
+        "evaluation data": f"{_dataset_description(cfg)[0]}: {summary.get('eval_examples')} "
+        f"examples, {summary.get('eval_windows')} windows",
         "max_length / stride": f"{cfg.max_length} / {cfg.stride} tokens",
         "epochs": t.epochs,
         "batch size": f"{t.train_batch_size} per device x {summary.get('num_processes', 1)} "
         f"process(es) x {t.gradient_accumulation_steps} accumulation step(s)",
-        "optimizer": f"{o.name}, lr {o.lr:g}, weight decay {o.weight_decay:g}, warmup ratio "
-        f"{o.warmup_ratio:g}, {o.scheduler} schedule",
+        "optimizer": f"{o.name.value}, lr {o.lr:g}, weight decay {o.weight_decay:g}, "
+        f"warmup ratio {o.warmup_ratio:g}, {o.scheduler.value} schedule",
         "precision": summary.get("mixed_precision"),
         "engine": t.engine.value,
         "seed": cfg.seed,
@@ -270,12 +286,16 @@ def model_card(cfg: QAExpConfig, summary: dict, metrics: list[dict], run_dir: Pa
     versions = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("versions", {}).items()))
     best = summary.get("best_epoch")
     base = f"`{describe_model(cfg.model)}`"
+    trained_on = _training_data_description(cfg)
     if not cfg.trainer.epochs:
         origin = f"{base} ({cfg.model.init.value} weights), evaluated without training on"
     elif cfg.model.init == ModelInit.random:
-        origin = f"trained from a random initialisation of {base}'s architecture on"
+        origin = (
+            f"trained from a random initialisation of {base}'s architecture on {trained_on} "
+            "and evaluated on"
+        )
     else:
-        origin = f"{base} fine-tuned on"
+        origin = f"{base} fine-tuned on {trained_on} and evaluated on"
     sections = [
         f"---\n{_card_metadata(cfg, summary, model_name)}---",
         f"# {model_name}",

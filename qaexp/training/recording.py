@@ -180,14 +180,26 @@ def plural(count: int, word: str, words: str | None = None) -> str:
 
 
 def describe_data(cfg: QAExpConfig) -> str:
-    """The data source in a few words, without local folders."""
+    """The data source in a few words, without local folders: what trains and what evaluates
+    (an evaluate-only run names its evaluation data only)."""
     data = cfg.data
     if data.source == DataSource.hub:
-        return f"{data.hub_id} from the Hub"
-    if data.source == DataSource.json:
-        files = (data.train_file if cfg.trainer.epochs else None, data.validation_file)
-        return "SQuAD JSON " + ", ".join(Path(f).name for f in files if f)
-    return "synthetic (qaexp's generator)"
+        splits = (data.train_split if cfg.trainer.epochs else None, data.validation_split)
+        return f"{data.hub_id} from the Hub: " + _roles(splits, " split")
+    if data.source == DataSource.synthetic:
+        return "synthetic (qaexp's generator)"
+    kind = "SQuAD JSON" if data.source == DataSource.json else "files"
+    names = (data.train_file if cfg.trainer.epochs else None, data.validation_file)
+    return f"{kind} " + _roles([Path(f).name if f else None for f in names])
+
+
+def _roles(names: tuple | list, suffix: str = "") -> str:
+    """`train.jsonl (training), dev.jsonl (evaluation)` for (training, evaluation) names."""
+    return ", ".join(
+        f"{name}{suffix} ({role})"
+        for name, role in zip(names, ("training", "evaluation"), strict=True)
+        if name
+    )
 
 
 def epoch_line(epoch: int, stats: EpochStats, result: EvalResult) -> str:

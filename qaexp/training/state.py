@@ -25,6 +25,7 @@ from qaexp.faults import crash_point
 from qaexp.tracking.rundir import (
     SUMMARY_FILE,
     recover_dir,
+    removed_on_failure,
     replace_dir_atomic,
     upgrade_record,
     write_json_atomic,
@@ -100,13 +101,16 @@ def save_state(
     if accelerator.is_main_process and staged.exists():
         shutil.rmtree(staged)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staged), safe_serialization=True)
+    what = "the training state"
+    with removed_on_failure(staged, what):
+        accelerator.save_state(str(staged), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         crash_point("state saved")
-        if answers is not None:
-            write_json_atomic(staged / ANSWERS_FILE, answers)
-        write_json_atomic(staged / PROGRESS_FILE, asdict(progress))  # last: marks it complete
+        with removed_on_failure(staged, what):
+            if answers is not None:
+                write_json_atomic(staged / ANSWERS_FILE, answers)
+            write_json_atomic(staged / PROGRESS_FILE, asdict(progress))  # last: complete
         replace_dir_atomic(staged, target)
     accelerator.wait_for_everyone()
     return target
