@@ -22,6 +22,7 @@ from qaexp.config import QAExpConfig, register_configs
 from qaexp.console import quiet_libraries
 from qaexp.errors import QAExpError, RunInterrupted
 from qaexp.tracking import RunLabels
+from qaexp.tracking.lock import RunFolderBusy
 from qaexp.tracking.rundir import SUMMARY_FILE, remove_temporary_files, write_json_atomic
 
 log = logging.getLogger("qaexp")
@@ -197,6 +198,13 @@ def hydra_main(cfg: DictConfig) -> float:
     except RunInterrupted as err:
         report_interrupted(err)
         sys.exit(err.exit_code)
+    except RunFolderBusy as err:
+        # Another live process writes this folder: every file in it stays as that one has it.
+        log.error("%s", err)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            BUSY_JOBS.append(HydraConfig.get().runtime.output_dir)
+            return float("nan")
+        sys.exit(2)
     except QAExpError as err:
         log.error("%s", err)
         hydra_cfg = HydraConfig.get()
@@ -219,6 +227,10 @@ def hydra_main(cfg: DictConfig) -> float:
         sys.exit(1)
 
 
+# Sweep jobs of this process refused because another process writes their folder.
+BUSY_JOBS: list[str] = []
+
+
 def main() -> None:
     """Console entry. Under an external launch (torchrun, srun) every rank runs Hydra; ranks
     other than 0 write no Hydra files or logs into the shared run directory."""
@@ -234,8 +246,9 @@ def main() -> None:
         print(err, file=sys.stderr)  # before Hydra: no logging configured yet
         sys.exit(2)
     SWEEP_FAILURES.clear()
+    BUSY_JOBS.clear()
     hydra_main()
-    if SWEEP_FAILURES:
+    if SWEEP_FAILURES or BUSY_JOBS:
         sys.exit(2)  # the sweep's end named the failed jobs
 
 

@@ -34,12 +34,26 @@ ENVIRONMENT_ERRORS = {
 }
 
 
-def _digest(file: Path) -> dict:
+# Digests this process computed, by (path, size, mtime): the data fingerprint reuses those of
+# the cache files checked on load instead of reading them again.
+_computed: dict[tuple[str, int, int], dict] = {}
+
+
+def file_digest(file: Path) -> dict:
+    """{"bytes": size, "sha256": hex digest} of a file's content, read now."""
+    file = Path(file)
+    stat = file.stat()
     with open(file, "rb") as fh:
-        return {
-            "bytes": file.stat().st_size,
-            "sha256": hashlib.file_digest(fh, "sha256").hexdigest(),
-        }
+        digest = {"bytes": stat.st_size, "sha256": hashlib.file_digest(fh, "sha256").hexdigest()}
+    _computed[(str(file), stat.st_size, stat.st_mtime_ns)] = digest
+    return dict(digest)
+
+
+def known_digest(file: Path) -> dict:
+    """`file_digest`, or the one this process computed already for the file as it is now."""
+    stat = Path(file).stat()
+    known = _computed.get((str(file), stat.st_size, stat.st_mtime_ns))
+    return dict(known) if known else file_digest(file)
 
 
 def _write_checksum(file: Path, digest: dict) -> None:
@@ -56,13 +70,13 @@ def check_cache_files(dataset: datasets.Dataset, built_since: float) -> str | No
         file = Path(entry["filename"])
         sidecar = file.with_name(file.name + CHECKSUM_SUFFIX)
         if file.stat().st_mtime >= built_since:
-            _write_checksum(file, _digest(file))
+            _write_checksum(file, file_digest(file))
             continue
         try:
             expected = json.loads(sidecar.read_text())
         except (OSError, ValueError):
             return f"{file} has no readable checksum ({sidecar.name})"
-        if _digest(file) != expected:
+        if file_digest(file) != expected:
             return f"{file} does not match the checksum written with it"
     return None
 
@@ -89,3 +103,23 @@ def verified_dataset(build: Callable[[bool], datasets.Dataset], what: str) -> da
     dataset = build(True)
     check_cache_files(dataset, began)
     return dataset
+
+
+def content_fingerprint(dataset: datasets.Dataset) -> str:
+    """A sha256 of what `dataset` holds: of the digests of the Arrow files behind it (those a
+    cache check computed already are not read again), or of its table when held in memory.
+    The same records give the same fingerprint, whichever file or cache folder they came from."""
+    digest = hashlib.sha256()
+    files = [Path(entry["filename"]) for entry in dataset.cache_files]
+    if files:
+        for file in files:
+            digest.update(known_digest(file)["sha256"].encode())
+    else:
+        import pyarrow as pa
+
+        sink = pa.BufferOutputStream()
+        table = dataset.data.table
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        digest.update(sink.getvalue().to_pybytes())
+    return digest.hexdigest()

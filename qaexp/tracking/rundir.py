@@ -247,13 +247,19 @@ class RunRecorder:
     covers (`restore`, `reconcile_checkpoint`)."""
 
     def __init__(
-        self, run_dir: Path, accelerator: Accelerator, config: dict, counts: dict[str, int]
+        self,
+        run_dir: Path,
+        accelerator: Accelerator,
+        config: dict,
+        counts: dict[str, int],
+        data: dict | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process
         self.config = config
         self.counts = counts
+        self.data = data  # split -> {source, examples, sha256}: the data the run used
         self.history: list[dict] = []  # the published epochs
         self.predictions: dict[str, str] | None = None  # of the last published epoch
         self.null_odds: dict[str, float] | None = None  # SQuAD v2.0: of the same epoch
@@ -422,6 +428,7 @@ class RunRecorder:
             "checkpoint_epoch": self.checkpoint_epoch,
             "predictions_epoch": final["epoch"] if final and self.predictions else None,
             **self.counts,
+            "data_fingerprint": self.data,
             "train_seconds": sum(r["train_seconds"] for r in self.history),
             "wall_seconds": wall_seconds,
             "num_processes": self.accelerator.num_processes,
