@@ -34,26 +34,13 @@ ENVIRONMENT_ERRORS = {
 }
 
 
-# Digests this process computed, by (path, size, mtime): the data fingerprint reuses those of
-# the cache files checked on load instead of reading them again.
-_computed: dict[tuple[str, int, int], dict] = {}
-
-
 def file_digest(file: Path) -> dict:
-    """{"bytes": size, "sha256": hex digest} of a file's content, read now."""
-    file = Path(file)
-    stat = file.stat()
+    """{"bytes": size, "sha256": hex digest} of a file's content."""
     with open(file, "rb") as fh:
-        digest = {"bytes": stat.st_size, "sha256": hashlib.file_digest(fh, "sha256").hexdigest()}
-    _computed[(str(file), stat.st_size, stat.st_mtime_ns)] = digest
-    return dict(digest)
-
-
-def known_digest(file: Path) -> dict:
-    """`file_digest`, or the one this process computed already for the file as it is now."""
-    stat = Path(file).stat()
-    known = _computed.get((str(file), stat.st_size, stat.st_mtime_ns))
-    return dict(known) if known else file_digest(file)
+        return {
+            "bytes": Path(file).stat().st_size,
+            "sha256": hashlib.file_digest(fh, "sha256").hexdigest(),
+        }
 
 
 def _write_checksum(file: Path, digest: dict) -> None:
@@ -105,21 +92,20 @@ def verified_dataset(build: Callable[[bool], datasets.Dataset], what: str) -> da
     return dataset
 
 
-def content_fingerprint(dataset: datasets.Dataset) -> str:
-    """A sha256 of what `dataset` holds: of the digests of the Arrow files behind it (those a
-    cache check computed already are not read again), or of its table when held in memory.
-    The same records give the same fingerprint, whichever file or cache folder they came from."""
-    digest = hashlib.sha256()
-    files = [Path(entry["filename"]) for entry in dataset.cache_files]
-    if files:
-        for file in files:
-            digest.update(known_digest(file)["sha256"].encode())
-    else:
-        import pyarrow as pa
+def content_fingerprint(dataset: datasets.Dataset, rows: int = 10_000) -> str:
+    """A sha256 of the records `dataset` holds, in order: the same records give the same
+    fingerprint whichever file, cache folder or Arrow layout they come from. (The cache
+    files' own checksums cannot serve: rebuilding a cache from the same records writes other
+    bytes.) Read in slices of `rows` records, each serialised alone (Arrow IPC, without the
+    schema's metadata)."""
+    import pyarrow as pa
 
+    digest = hashlib.sha256()
+    arrow = dataset.with_format("arrow")
+    for start in range(0, len(dataset), rows):
+        table = arrow[start : start + rows].replace_schema_metadata(None).combine_chunks()
         sink = pa.BufferOutputStream()
-        table = dataset.data.table
         with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
-        digest.update(sink.getvalue().to_pybytes())
+        digest.update(sink.getvalue())
     return digest.hexdigest()

@@ -372,9 +372,10 @@ def load_state(
         raise DamagedState(
             damaged_state_message(
                 state_dir,
-                f"Accelerate could not restore the random states from its random_states_*.pkl "
-                f"files ({failed}), although they match their checksums (saved by another "
-                "torch or numpy version?)",
+                f"Accelerate could not restore the random states from the "
+                f"random_states_*.pkl files in {state_dir} ({failed.split('] ')[-1]}), "
+                "although they match their checksums (saved by another torch or numpy "
+                "version?)",
             )
         )
     log.info(
@@ -393,7 +394,7 @@ class _Collect(logging.Handler):
         self.found = found
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("Could not load random states"):
+        if "Could not load random states" in record.getMessage():
             self.found.append(record.getMessage())
 
 
