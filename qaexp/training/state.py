@@ -6,7 +6,7 @@ The state is written into a hidden folder (progress.json last: a folder holding 
 complete) and swapped into place; `recover_state` adopts the complete copy when a crash fell
 between the swap's two renames, so one complete state is always reachable. Before
 progress.json, manifest.json records a checksum of every other file and the fingerprint of the
-data trained on; a resume checks both before anything is loaded (`verify_state`).
+data trained on; a resume checks both before anything is loaded (`load_state`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -345,7 +345,7 @@ def check_same_config(saved: dict, current: dict, state_dir: Path) -> None:
         )
 
 
-def agreed(accelerator: Accelerator, find) -> str | None:
+def agreed(accelerator: Accelerator, find: Callable[[], str | None]) -> str | None:
     """`find()` on the main process, the same answer on every process."""
     answer = [find() if accelerator.is_main_process else None]
     if accelerator.num_processes > 1:
@@ -365,17 +365,16 @@ def load_state(
     progress = Progress.from_saved(json.loads((state_dir / PROGRESS_FILE).read_text()))
     check_same_config(progress.config, config, state_dir)
     check_same_data(read_manifest(state_dir), data, config, state_dir)
-    with random_states_fallback(accelerator) as fallback:
+    with random_states_fallback() as fallback:
         accelerator.load_state(str(state_dir))
-    failed = agreed(accelerator, lambda: fallback[0] if fallback else None)
-    if failed:
+    if agreed(accelerator, lambda: "failed" if fallback else None):
         raise DamagedState(
             damaged_state_message(
                 state_dir,
-                f"Accelerate could not restore the random states from the "
-                f"random_states_*.pkl files in {state_dir} ({failed.split('] ')[-1]}), "
-                "although they match their checksums (saved by another torch or numpy "
-                "version?)",
+                "Accelerate could not restore the random states from "
+                f'{Path(state_dir) / "random_states_0.pkl"} (it logged "Could not load random '
+                'states" and would have trained on with other random numbers), although the '
+                "file matches its checksum (saved by another torch or numpy version?)",
             )
         )
     log.info(
@@ -399,7 +398,7 @@ class _Collect(logging.Handler):
 
 
 @contextmanager
-def random_states_fallback(accelerator: Accelerator) -> Iterator[list[str]]:
+def random_states_fallback() -> Iterator[list[str]]:
     """Accelerate's load_state only logs "Could not load random states" (at INFO, on the main
     process) and carries on with other random numbers: collect that line, so the resume can
     refuse to go on."""
