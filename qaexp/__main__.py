@@ -27,12 +27,8 @@ from qaexp.config import QAExpConfig, register_configs
 from qaexp.console import quiet_libraries
 from qaexp.errors import QAExpError, RunInterrupted
 from qaexp.tracking import RunLabels
-from qaexp.tracking.rundir import (
-    SUMMARY_FILE,
-    job_running_mark,
-    remove_temporary_files,
-    write_json_atomic,
-)
+from qaexp.tracking.lock import RunFolderBusy
+from qaexp.tracking.rundir import SUMMARY_FILE, remove_temporary_files, write_json_atomic
 
 log = logging.getLogger("qaexp")
 
@@ -111,13 +107,12 @@ def run_labels(hydra_cfg: DictConfig) -> RunLabels:
 
 def run(cfg: DictConfig) -> float:
     """Run one job and return its best F1 (what a Hydra sweeper optimises)."""
+    from qaexp.launch import run_job
+
+    settings: QAExpConfig = OmegaConf.to_object(cfg)
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    with job_running_mark(run_dir):  # qaexp.compare shows the job as running meanwhile
-        from qaexp.launch import run_job
-
-        settings: QAExpConfig = OmegaConf.to_object(cfg)
-        summary = run_job(settings, run_dir, run_labels(hydra_cfg))
+    summary = run_job(settings, run_dir, run_labels(hydra_cfg))
     log.info(
         "best epoch %s: EM %.2f F1 %.2f; results in %s",
         summary["best_epoch"],
@@ -240,6 +235,13 @@ def hydra_main(cfg: DictConfig) -> float:
     except RunInterrupted as err:
         report_interrupted(err)
         sys.exit(err.exit_code)
+    except RunFolderBusy as err:
+        # Another live process writes this folder: every file in it stays as that one has it.
+        log.error("%s", err)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            BUSY_JOBS.append(HydraConfig.get().runtime.output_dir)
+            return float("nan")
+        sys.exit(2)
     except QAExpError as err:
         log.error("%s", err)
         hydra_cfg = HydraConfig.get()
@@ -262,6 +264,10 @@ def hydra_main(cfg: DictConfig) -> float:
         sys.exit(1)
 
 
+# Sweep jobs of this process refused because another process writes their folder.
+BUSY_JOBS: list[str] = []
+
+
 def main() -> None:
     """Console entry. Under an external launch (torchrun, srun) every rank runs Hydra; ranks
     other than 0 write no Hydra files or logs into the shared run directory."""
@@ -278,8 +284,9 @@ def main() -> None:
         print(err, file=sys.stderr)  # before Hydra: no logging configured yet
         sys.exit(2)
     SWEEP_FAILURES.clear()
+    BUSY_JOBS.clear()
     hydra_main()
-    if SWEEP_FAILURES:
+    if SWEEP_FAILURES or BUSY_JOBS:
         sys.exit(2)  # the sweep's end named the failed jobs
 
 

@@ -34,10 +34,11 @@ ENVIRONMENT_ERRORS = {
 }
 
 
-def _digest(file: Path) -> dict:
+def file_digest(file: Path) -> dict:
+    """{"bytes": size, "sha256": hex digest} of a file's content."""
     with open(file, "rb") as fh:
         return {
-            "bytes": file.stat().st_size,
+            "bytes": Path(file).stat().st_size,
             "sha256": hashlib.file_digest(fh, "sha256").hexdigest(),
         }
 
@@ -56,13 +57,13 @@ def check_cache_files(dataset: datasets.Dataset, built_since: float) -> str | No
         file = Path(entry["filename"])
         sidecar = file.with_name(file.name + CHECKSUM_SUFFIX)
         if file.stat().st_mtime >= built_since:
-            _write_checksum(file, _digest(file))
+            _write_checksum(file, file_digest(file))
             continue
         try:
             expected = json.loads(sidecar.read_text())
         except (OSError, ValueError):
             return f"{file} has no readable checksum ({sidecar.name})"
-        if _digest(file) != expected:
+        if file_digest(file) != expected:
             return f"{file} does not match the checksum written with it"
     return None
 
@@ -89,3 +90,22 @@ def verified_dataset(build: Callable[[bool], datasets.Dataset], what: str) -> da
     dataset = build(True)
     check_cache_files(dataset, began)
     return dataset
+
+
+def content_fingerprint(dataset: datasets.Dataset, rows: int = 10_000) -> str:
+    """A sha256 of the records `dataset` holds, in order: the same records give the same
+    fingerprint whichever file, cache folder or Arrow layout they come from. (The cache
+    files' own checksums cannot serve: rebuilding a cache from the same records writes other
+    bytes.) Read in slices of `rows` records, each serialised alone (Arrow IPC, without the
+    schema's metadata)."""
+    import pyarrow as pa
+
+    digest = hashlib.sha256()
+    arrow = dataset.with_format("arrow")
+    for start in range(0, len(dataset), rows):
+        table = arrow[start : start + rows].replace_schema_metadata(None).combine_chunks()
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        digest.update(sink.getvalue())
+    return digest.hexdigest()

@@ -18,13 +18,13 @@ import yaml
 
 from qaexp.compare_stats import Spread, spread
 from qaexp.errors import QAExpError
+from qaexp.tracking.lock import is_held
 from qaexp.tracking.rundir import (
     CHECKPOINT_DIR,
-    JOB_MARK,
+    JOB_CONFIG,
     METRICS_FILE,
     SUMMARY_FILE,
     checkpoint_epoch,
-    job_is_running,
     read_metrics,
 )
 
@@ -32,7 +32,7 @@ log = logging.getLogger("qaexp.compare")
 
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 REPLICATE_KEY = "seed"  # runs that differ only in this override are replicates of one setting
-RUNNING = "running"  # no summary yet, and the job's process still holds its running mark
+RUNNING = "running"  # a live process holds the run-folder lock
 SUMMARY_DAMAGED = "summary damaged"  # summary.json exists but cannot be read
 
 
@@ -143,9 +143,9 @@ def read_overrides(run_dir: Path) -> dict[str, str]:
 
 def read_status(run_dir: Path) -> tuple[str, str | None]:
     """The run's status and, when its summary.json is damaged, a note naming the file and
-    what to do. A running job (its process holds the running mark) is RUNNING; one that
+    what to do. A running job (a live process holds its run-folder lock) is RUNNING; one that
     wrote no summary and no longer runs was killed: failed."""
-    if job_is_running(run_dir):
+    if is_held(run_dir):
         return RUNNING, None
     path = run_dir / SUMMARY_FILE
     try:
@@ -252,7 +252,7 @@ def parsed_value(value: str) -> Hashable:
 def read_config(run_dir: Path) -> dict | None:
     """The run's composed config (.hydra/config.yaml, unresolved), or None."""
     try:
-        config = yaml.safe_load((run_dir / JOB_MARK).read_text())
+        config = yaml.safe_load((run_dir / JOB_CONFIG).read_text())
     except (OSError, yaml.YAMLError):
         return None
     return config if isinstance(config, dict) else None

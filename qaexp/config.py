@@ -200,6 +200,9 @@ class TrainerConfig:
     keep_state: bool = False
     resume: bool = False  # continue this run directory's saved state
     resume_from: str | None = None  # continue from another run directory or state folder
+    # A resume on data whose content changed since the state was saved is refused; true
+    # continues on the changed data (the result then matches neither dataset's run).
+    allow_data_change: bool = False
 
 
 @dataclass

@@ -20,6 +20,8 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -28,6 +30,7 @@ from qaexp.config import HardwareConfig, QAExpConfig, as_dict, from_dict
 from qaexp.console import ConsoleFilter, quiet_libraries
 from qaexp.errors import QAExpError, RunInterrupted
 from qaexp.tracking import RunLabels
+from qaexp.tracking.lock import Role, RunFolderLock, run_folder_lock
 from qaexp.training import train
 from qaexp.training.runtime import resolve_device
 from qaexp.training.setup import prepare_data
@@ -200,7 +203,10 @@ def _worker(config: dict, run_dir: str, labels: RunLabels | None) -> dict:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True)
     quiet_other_ranks(rank)
     try:
-        return train(from_dict(config), Path(run_dir), labels)
+        # Rank 0 holds the run folder's training lock, so workers that outlive a killed
+        # launcher still keep a second run out of the folder.
+        with run_folder_lock(Path(run_dir), Role.training) if rank == 0 else nullcontext():
+            return train(from_dict(config), Path(run_dir), labels)
     except RunInterrupted as err:  # the parent prints the resume command
         sys.exit(err.exit_code)
     except QAExpError as err:
@@ -268,10 +274,30 @@ def _interrupted(sig: signal.Signals, run_dir: Path) -> RunInterrupted:
     )
 
 
+@contextmanager
+def hold_run_folder(run_dir: Path) -> Iterator[RunFolderLock | None]:
+    """The run folder's lock (qaexp.tracking.lock) for the job: taken by its process, or by
+    rank 0 of an external launch (the other ranks share the folder with it)."""
+    if external_world_size() > 1 and external_rank() != 0:
+        yield None
+        return
+    with run_folder_lock(run_dir) as lock:
+        yield lock
+
+
 def run_job(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | None = None) -> dict:
-    """Run one job here, in workers, or as one rank of an external launch. `labels` name
-    the run on dashboards (see qaexp.tracking). A job continuing a run that already completed
-    (trainer.resume=true, a requeue) returns that run's summary and changes nothing."""
+    """Run one job here, in workers, or as one rank of an external launch, holding the run
+    folder's lock: a second process for the same folder is refused (RunFolderBusy). `labels`
+    name the run on dashboards (see qaexp.tracking). A job continuing a run that already
+    completed (trainer.resume=true, a requeue) returns that run's summary and changes
+    nothing."""
+    with hold_run_folder(run_dir) as lock:
+        return _run_job(cfg, run_dir, labels, lock)
+
+
+def _run_job(
+    cfg: QAExpConfig, run_dir: Path, labels: RunLabels | None, lock: RunFolderLock | None
+) -> dict:
     if not cfg.trainer.resume_from:
         done = completed_summary(run_dir, cfg.trainer.resume, as_dict(cfg))
         if done is not None:
@@ -292,4 +318,6 @@ def run_job(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | None = None) ->
         return train(cfg, run_dir, labels)
     # Validate and build (or load cached) features once, before any worker starts.
     prepare_data(cfg)
+    if lock is not None:
+        lock.hand_training_to_workers()
     return launch_workers(run_dir, as_dict(cfg), processes, labels)

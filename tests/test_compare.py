@@ -315,11 +315,26 @@ def test_an_incomplete_run_with_a_damaged_summary_is_not_counted_complete(sweep,
     assert "#1 " in " ".join(failed_jobs(sweep))
 
 
+@pytest.mark.processes
 def test_a_running_job_is_running_until_its_process_ends(sweep):
-    from qaexp.tracking.rundir import job_running_mark
-
+    """A job is running while a live process holds its run-folder lock (the lock is a POSIX
+    lock: held by another process, as a job is)."""
     with_results(sweep / "5", epochs=2, checkpoint_epoch=None)
-    with job_running_mark(sweep / "5"):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from qaexp.tracking.lock import run_folder_lock\n"
+            f"with run_folder_lock({str(sweep / '5')!r}):\n"
+            "    print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
         [run] = load_runs([sweep / "5"])
         assert run.status == "running" and not run.completed
         main([str(sweep)])
@@ -327,6 +342,8 @@ def test_a_running_job_is_running_until_its_process_ends(sweep):
             "2 run(s) did not complete: 4 (failed), 5 (running)"
             in (sweep / "comparison.md").read_text()
         )
+    finally:
+        holder.communicate("", timeout=60)
     [run] = load_runs([sweep / "5"])
     assert run.status == "failed"  # stopped without a summary: killed
 

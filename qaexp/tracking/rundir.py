@@ -23,11 +23,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: a running job cannot be told from a stopped one
-    fcntl = None
-
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -164,45 +159,8 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False))
 
 
-# The job's composed config, which Hydra writes when the job starts: the job holds a shared
-# lock on it for its whole life, so a reader can tell a running job from a stopped one.
-JOB_MARK = Path(".hydra") / "config.yaml"
-
-
-@contextmanager
-def job_running_mark(run_dir: Path) -> Iterator[None]:
-    """Mark the job as running while the block runs: a shared `flock` on its .hydra/config.yaml
-    (every rank of a launch may hold one). The kernel drops the lock when the process dies, so
-    a killed job never looks alive; over NFS, Linux maps flock onto the server's POSIX locks.
-    No mark where there is no such file (hydra.output_subdir=null, a Python call) or no flock."""
-    path = Path(run_dir) / JOB_MARK
-    try:
-        mark = open(path, "a+") if fcntl is not None and path.is_file() else None  # noqa: SIM115
-        if mark is not None:
-            fcntl.flock(mark, fcntl.LOCK_SH)
-    except OSError:  # a read-only run folder: run without the mark
-        mark = None
-    try:
-        yield
-    finally:
-        if mark is not None:
-            mark.close()  # releases the lock
-
-
-def job_is_running(run_dir: Path) -> bool:
-    """Whether a live process holds the job's running mark (see `job_running_mark`)."""
-    path = Path(run_dir) / JOB_MARK
-    if fcntl is None or not path.is_file():
-        return False
-    try:
-        with open(path, "a+") as probe:
-            try:
-                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            return False  # closing the probe releases its lock
-    except OSError:  # cannot open it for the probe (a read-only copy): not known to run
-        return False
+# The job's composed config, which Hydra writes when the job starts.
+JOB_CONFIG = Path(".hydra") / "config.yaml"
 
 
 def null_threshold_record(record: dict) -> dict | None:
@@ -349,13 +307,19 @@ class RunRecorder:
     covers (`restore`, `reconcile_checkpoint`)."""
 
     def __init__(
-        self, run_dir: Path, accelerator: Accelerator, config: dict, counts: dict[str, int]
+        self,
+        run_dir: Path,
+        accelerator: Accelerator,
+        config: dict,
+        counts: dict[str, int],
+        data: dict | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process
         self.config = config
         self.counts = counts
+        self.data = data  # split -> {source, examples, sha256}: the data the run used
         self.history: list[dict] = []  # the published epochs
         self.predictions: dict[str, str] | None = None  # of the last published epoch
         self.null_odds: dict[str, float] | None = None  # SQuAD v2.0: of the same epoch
@@ -525,6 +489,7 @@ class RunRecorder:
             "checkpoint_epoch": self.checkpoint_epoch,
             "predictions_epoch": final["epoch"] if final and self.predictions else None,
             **self.counts,
+            "data_fingerprint": self.data,
             "train_seconds": sum(r["train_seconds"] for r in self.history),
             "wall_seconds": wall_seconds,
             "num_processes": self.accelerator.num_processes,

@@ -268,7 +268,7 @@ def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | N
     engine = build_engine(cfg, data, accelerator)
     progress = Progress(config=as_dict(cfg))
     if state_dir is not None:
-        progress = load_state(accelerator, state_dir, progress.config)
+        progress = load_state(accelerator, state_dir, progress.config, data.fingerprint)
         set_epoch(progress.epoch - 1)  # a resume first publishes its state's last epoch
         began -= progress.wall_seconds  # wall_seconds covers every segment of the run
     batches = len(engine.train_loader) if engine.train_loader else 0
@@ -300,7 +300,9 @@ def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | N
                 train_epoch(engine, run, progress, stop, run_dir, began)
             commit = None
             if epoch and cfg.trainer.save_state and not final_state_dropped(cfg, epoch):
-                commit = partial(save_state, accelerator, run_dir, progress, began)
+                commit = partial(
+                    save_state, accelerator, run_dir, progress, began, data=data.fingerprint
+                )
             finish_epoch(run, engine.model, progress, commit)
     if not cfg.trainer.keep_state:
         drop_finished_state(accelerator, run_dir)
@@ -345,7 +347,9 @@ def train_epoch(
     )
     if runner.run(progress):
         return
-    save_state(run.accelerator, run_dir, progress, began, run.recorder.answers)
+    save_state(
+        run.accelerator, run_dir, progress, began, run.recorder.answers, run.data.fingerprint
+    )
     raise RunInterrupted(
         f"Stopped by {stop.signal_name or 'a stop request'} in epoch {progress.epoch} after "
         f"{progress.batches_done} batches; the training state is saved in "

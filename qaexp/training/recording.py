@@ -232,7 +232,9 @@ def recorded_run(
     summary.json with the run's status and finish the trackers. Without `state_dir` the run
     dir starts clean. A trial pruned by an Optuna search ends here with status "pruned"."""
     config = as_dict(cfg)
-    recorder = RunRecorder(run_dir, accelerator, config=config, counts=data.counts)
+    recorder = RunRecorder(
+        run_dir, accelerator, config=config, counts=data.counts, data=data.fingerprint
+    )
     recorder.restore(list(history), state_dir, answers)
     trackers = make_trackers(
         cfg,

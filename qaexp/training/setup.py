@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import datasets
 import torch
@@ -16,9 +16,11 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from qaexp.batching import make_eval_loader
+from qaexp.caches import content_fingerprint
 from qaexp.checks import validate_settings, validate_windows
-from qaexp.config import ModelInit, QAExpConfig
+from qaexp.config import DataConfig, DataSource, ModelInit, QAExpConfig
 from qaexp.data import SPLITS, check_answers, check_examples, load_raw_datasets
+from qaexp.data.sources import FILE_SPLIT_KEYS
 from qaexp.features import build_features
 from qaexp.modeling import describe_model, is_qa_checkpoint, load_tokenizer
 from qaexp.tracking.share import check_push_settings
@@ -37,6 +39,8 @@ class RunData:
     train_windows: datasets.Dataset | None
     eval_windows: datasets.Dataset
     unanswerable: bool = False  # SQuAD v2.0: questions without an answer are scored as such
+    # split -> {source, examples, sha256}: what the run trains and evaluates on (`fingerprint`)
+    fingerprint: dict = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -84,7 +88,32 @@ def prepare_data(cfg: QAExpConfig) -> RunData:
         build_features(raw["train"], tokenizer, train=True, **kwargs) if "train" in raw else None
     )
     evaluation = build_features(raw["validation"], tokenizer, train=False, **kwargs)
-    return RunData(tokenizer, raw, train, evaluation, unanswerable)
+    return RunData(tokenizer, raw, train, evaluation, unanswerable, fingerprint(cfg.data, raw))
+
+
+def fingerprint(cfg: DataConfig, raw: datasets.DatasetDict) -> dict:
+    """Per split: where the examples come from, how many, and a sha256 of their content (from
+    the checksums the caches compute), saved with the state and in summary.json, so a resume
+    on changed data is noticed."""
+    return {
+        split: {
+            "source": describe_source(cfg, split),
+            "examples": len(examples),
+            "sha256": content_fingerprint(examples),
+        }
+        for split, examples in raw.items()
+    }
+
+
+def describe_source(cfg: DataConfig, split: str) -> str:
+    """The key and file (or Hub dataset, or generator) a split comes from."""
+    if cfg.source in (DataSource.json, DataSource.files):
+        file = cfg.train_file if split == "train" else cfg.validation_file
+        return f"{FILE_SPLIT_KEYS[split]}={file}"
+    if cfg.source == DataSource.hub:
+        name = cfg.train_split if split == "train" else cfg.validation_split
+        return f"{cfg.hub_id} split {name}"
+    return f"the synthetic {split} split"
 
 
 def prepare_data_once(cfg: QAExpConfig, main_first: AbstractContextManager) -> RunData:

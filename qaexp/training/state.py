@@ -4,7 +4,9 @@ end of every epoch and when a run is stopped.
 
 The state is written into a hidden folder (progress.json last: a folder holding it is
 complete) and swapped into place; `recover_state` adopts the complete copy when a crash fell
-between the swap's two renames, so one complete state is always reachable.
+between the swap's two renames, so one complete state is always reachable. Before
+progress.json, manifest.json records a checksum of every other file and the fingerprint of the
+data trained on; a resume checks both before anything is loaded (`load_state`).
 """
 
 from __future__ import annotations
@@ -14,16 +16,22 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 
+from qaexp.caches import file_digest
 from qaexp.config import flatten
 from qaexp.errors import QAExpError
 from qaexp.faults import crash_point
 from qaexp.tracking.rundir import (
+    CHECKPOINT_DIR,
     SUMMARY_FILE,
+    checkpoint_epoch,
     recover_dir,
     removed_on_failure,
     replace_dir_atomic,
@@ -38,6 +46,8 @@ PROGRESS_FILE = "progress.json"
 # The files of the last recorded epoch (predictions, SQuAD v2.0 null odds), so a resume can
 # publish them again.
 ANSWERS_FILE = "last_answers.json"
+# A checksum of every other file of the state, and the data it was trained on.
+MANIFEST_FILE = "manifest.json"
 
 # Keys that may change between the interrupted run and its continuation.
 RESUMABLE_CHANGES = (
@@ -50,6 +60,7 @@ RESUMABLE_CHANGES = (
     "logger",
     "data.num_proc",
     "data.cache_dir",
+    "trainer.allow_data_change",
 )
 
 
@@ -90,11 +101,12 @@ def save_state(
     progress: Progress,
     run_began: float,
     answers: dict | None = None,
+    data: dict | None = None,
 ) -> Path:
     """Save the full training state into run_dir/state (all processes must call this), with
     the answers of the last recorded epoch ({"predictions": ..., "null_odds": ...}), so a
-    resume can publish them again. `run_began`: when the run began, earlier segments of a
-    resumed run included."""
+    resume can publish them again, and the fingerprint of the `data` trained on (RunData's).
+    `run_began`: when the run began, earlier segments of a resumed run included."""
     progress.wall_seconds = time.time() - run_began
     target = Path(run_dir) / STATE_DIR
     staged = Path(run_dir) / f".{STATE_DIR}.tmp"
@@ -110,10 +122,133 @@ def save_state(
         with removed_on_failure(staged, what):
             if answers is not None:
                 write_json_atomic(staged / ANSWERS_FILE, answers)
+            write_json_atomic(staged / MANIFEST_FILE, state_manifest(staged, data))
             write_json_atomic(staged / PROGRESS_FILE, asdict(progress))  # last: complete
         replace_dir_atomic(staged, target)
     accelerator.wait_for_everyone()
     return target
+
+
+def state_manifest(folder: Path, data: dict | None) -> dict:
+    """manifest.json of a state folder: size and sha256 of every file in it (but progress.json,
+    written after it), and the fingerprint of the data trained on."""
+    files = sorted(
+        p
+        for p in Path(folder).rglob("*")
+        if p.is_file() and p.name not in (PROGRESS_FILE, MANIFEST_FILE)
+    )
+    return {
+        "files": {str(p.relative_to(folder)): file_digest(p) for p in files},
+        "data": data,
+    }
+
+
+class DamagedState(QAExpError):
+    """A saved state fails its checksums or cannot be read: refused before anything loads."""
+
+
+def read_manifest(state_dir: Path) -> dict | None:
+    """A state's manifest.json; None for a state written before states carried one."""
+    path = Path(state_dir) / MANIFEST_FILE
+    if not path.exists():
+        return None
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ValueError("no list of files")
+    return manifest
+
+
+def state_damage(state_dir: Path) -> str | None:
+    """What is wrong with a saved state's files (missing, a checksum that does not match, an
+    unreadable manifest.json or progress.json), or None when every file is as it was saved."""
+    state_dir = Path(state_dir)
+    try:
+        manifest = read_manifest(state_dir)
+    except (OSError, ValueError) as err:
+        return f"{state_dir / MANIFEST_FILE} cannot be read ({err})"
+    if manifest is None:
+        log.warning(
+            "%s was saved by a qaexp that wrote no checksums: it cannot be verified.", state_dir
+        )
+    for name, expected in (manifest or {"files": {}})["files"].items():
+        file = state_dir / name
+        try:
+            found = file_digest(file)
+        except OSError as err:
+            return f"{file} cannot be read ({err.strerror or err})"
+        if found != expected:
+            return (
+                f"{file} does not match the checksum written with it ({found['bytes']} bytes, "
+                f"saved with {expected.get('bytes')})"
+            )
+    try:
+        Progress.from_saved(json.loads((state_dir / PROGRESS_FILE).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as err:
+        return f"{state_dir / PROGRESS_FILE} cannot be read ({type(err).__name__}: {err})"
+    return None
+
+
+def damaged_state_message(state_dir: Path, damage: str) -> str:
+    """The refusal paragraph for a damaged state, with what the user can do instead."""
+    checkpoint = Path(state_dir).resolve().parent / CHECKPOINT_DIR
+    epoch = checkpoint_epoch(checkpoint)
+    again = (
+        "start the run again from scratch without trainer.resume/trainer.resume_from (a run "
+        "started from scratch in its folder drops the damaged state)."
+    )
+    if epoch is not None:
+        todo = (
+            f"{checkpoint} holds the weights of epoch {epoch}: a new run can start from them "
+            f"with model.init=pretrained model.name_or_path={checkpoint} (its optimizer and "
+            f"learning-rate schedule start afresh), or {again}"
+        )
+    else:
+        todo = again[0].upper() + again[1:]
+    return (
+        f"The saved training state {state_dir} is damaged: {damage}. Resuming from it would "
+        "continue with other numbers than the run it belongs to, so it is refused before "
+        f"anything is loaded. {todo}"
+    )
+
+
+def data_changes(saved: dict | None, current: dict | None) -> list[str]:
+    """The splits whose data differs from the fingerprint saved with a state, described."""
+    if not saved or not current:
+        return []
+    changed = []
+    for split, before in saved.items():
+        now = current.get(split)
+        if now is None or now.get("sha256") == before.get("sha256"):
+            continue
+        changed.append(
+            f"{now.get('source', split)} (sha256 {before.get('sha256', '?')[:12]}... "
+            f"then, {now.get('sha256', '?')[:12]}... now; {before.get('examples')} -> "
+            f"{now.get('examples')} examples)"
+        )
+    return changed
+
+
+def check_same_data(manifest: dict | None, data: dict | None, config: dict, state_dir: Path):
+    """Continuing on other data than the state was trained on matches neither dataset's run:
+    refuse, unless trainer.allow_data_change=true asks for it (then warn)."""
+    changed = data_changes((manifest or {}).get("data"), data)
+    if not changed:
+        return
+    details = "; ".join(changed)
+    if config.get("trainer", {}).get("allow_data_change"):
+        log.warning(
+            "The data changed since %s was saved: %s. Continuing on the changed data as "
+            "trainer.allow_data_change=true asks: the result matches neither dataset's run.",
+            state_dir,
+            details,
+        )
+        return
+    raise QAExpError(
+        f"Cannot resume from {state_dir}: the data changed since that state was saved: "
+        f"{details}. The continued run would match neither dataset's run. Resume with the "
+        "data the run was trained on, start a new run, or set trainer.allow_data_change=true "
+        "to continue on the changed data anyway."
+    )
 
 
 def drop_finished_state(accelerator: Accelerator, run_dir: Path) -> None:
@@ -214,11 +349,38 @@ def check_same_config(saved: dict, current: dict, state_dir: Path) -> None:
         )
 
 
-def load_state(accelerator: Accelerator, state_dir: Path, config: dict) -> Progress:
-    """Restore model, optimizer, scheduler and RNG; return the saved progress."""
+def agreed(accelerator: Accelerator, find: Callable[[], str | None]) -> str | None:
+    """`find()` on the main process, the same answer on every process."""
+    answer = [find() if accelerator.is_main_process else None]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(answer, from_process=0)
+    return answer[0]
+
+
+def load_state(
+    accelerator: Accelerator, state_dir: Path, config: dict, data: dict | None = None
+) -> Progress:
+    """Check the state's files against their checksums (on the main process), the config and
+    the `data` fingerprint against the saved ones; then restore model, optimizer, scheduler
+    and RNG and return the saved progress."""
+    damage = agreed(accelerator, lambda: state_damage(state_dir))
+    if damage:
+        raise DamagedState(damaged_state_message(state_dir, damage))
     progress = Progress.from_saved(json.loads((state_dir / PROGRESS_FILE).read_text()))
     check_same_config(progress.config, config, state_dir)
-    accelerator.load_state(str(state_dir))
+    check_same_data(read_manifest(state_dir), data, config, state_dir)
+    with random_states_fallback() as fallback:
+        accelerator.load_state(str(state_dir))
+    if agreed(accelerator, lambda: "failed" if fallback else None):
+        raise DamagedState(
+            damaged_state_message(
+                state_dir,
+                "Accelerate could not restore the random states from "
+                f'{Path(state_dir) / "random_states_0.pkl"} (it logged "Could not load random '
+                'states" and would have trained on with other random numbers), although the '
+                "file matches its checksum (saved by another torch or numpy version?)",
+            )
+        )
     log.info(
         "Resuming from %s: epoch %d, %d batches done, step %d",
         state_dir,
@@ -227,3 +389,31 @@ def load_state(accelerator: Accelerator, state_dir: Path, config: dict) -> Progr
         progress.global_step,
     )
     return progress
+
+
+class _Collect(logging.Handler):
+    def __init__(self, found: list[str]):
+        super().__init__(logging.INFO)
+        self.found = found
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Could not load random states" in record.getMessage():
+            self.found.append(record.getMessage())
+
+
+@contextmanager
+def random_states_fallback() -> Iterator[list[str]]:
+    """Accelerate's load_state only logs "Could not load random states" (at INFO, on the main
+    process) and carries on with other random numbers: collect that line, so the resume can
+    refuse to go on."""
+    logger = logging.getLogger("accelerate.checkpointing")
+    found: list[str] = []
+    handler, level = _Collect(found), logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
