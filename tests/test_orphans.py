@@ -147,3 +147,36 @@ def test_a_killed_optuna_trial_runs_again_on_an_immediate_resume(tmp_path):
     assert json.loads((tmp_path / "search" / "1" / "summary.json").read_text())["status"] == (
         "completed"
     )
+
+
+# --- a second stop signal, in this process (no training) ------------------------------------
+
+
+def test_a_second_sigint_outside_a_save_stops_at_once_as_a_stopped_run():
+    from qaexp.errors import RunInterrupted
+    from qaexp.training.preemption import GracefulStop
+
+    with pytest.raises(RunInterrupted, match="second SIGINT") as stopped, GracefulStop() as stop:
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # repeated: only asks again
+        assert stop.requested
+        signal.raise_signal(signal.SIGINT)
+        raise AssertionError("the second Ctrl-C should have stopped the run")
+    assert stopped.value.exit_code == 128 + signal.SIGTERM  # the first signal's
+
+
+def test_a_second_sigint_during_a_save_waits_for_it():
+    from qaexp.errors import RunInterrupted
+    from qaexp.training.preemption import GracefulStop
+
+    written = []
+    with pytest.raises(RunInterrupted) as stopped, GracefulStop() as stop:
+        signal.raise_signal(signal.SIGINT)
+        with stop.saving():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            written.append("state")
+        raise AssertionError("the run should stop once the state is written")
+    assert written == ["state"]
+    assert stopped.value.exit_code == 128 + signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
