@@ -155,7 +155,8 @@ class OptunaSweeper(Sweeper):
 
     def fail_stale_trials(self, study: Any) -> None:
         """Fail the RUNNING trials whose sweeper is gone (on this host: at once; elsewhere:
-        after the heartbeat grace) and queue each one's point again, once."""
+        after the heartbeat grace, as optuna.storages.fail_stale_trials would) and queue each
+        one's point again, once."""
         import optuna
         from optuna.trial import TrialState
 
@@ -163,25 +164,27 @@ class OptunaSweeper(Sweeper):
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # heartbeat: owners on other hosts
+            stale = set(storage._get_stale_trial_ids(study._study_id))  # what Optuna would fail
             retry = storage.get_heartbeat_stale_trial_callback()
             for trial in running:
-                if not owner_gone(trial.system_attrs.get(OWNER_ATTR)):
+                if trial._trial_id not in stale and not owner_gone(
+                    trial.system_attrs.get(OWNER_ATTR)
+                ):
                     continue
-                with suppress(optuna.exceptions.UpdateFinishedTrialError):
+                with suppress(optuna.exceptions.UpdateFinishedTrialError):  # another process
                     if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                        before = len(study.get_trials(deepcopy=False))
                         retry(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
-        for trial in running:
-            if storage.get_trial(trial._trial_id).state == TrialState.FAIL:
-                self.mark_killed(trial)
+                        self.mark_killed(trial, len(study.get_trials(deepcopy=False)) > before)
 
-    def mark_killed(self, trial: Any) -> None:
-        """The run folder of a trial whose sweeper was killed: interrupted, not failed (the
-        search runs its point again as a new trial)."""
+    def mark_killed(self, trial: Any, queued: bool) -> None:
+        """Say so, and mark the run folder of a trial whose sweeper was killed interrupted,
+        not failed (the search runs its point again as a new trial, once)."""
+        again = "queued again as a new trial" if queued else "not queued again (retried once)"
         log.warning(
-            "Optuna trial %d was left running by a sweeper that is gone: failed, and its point "
-            "queued again as a new trial",
+            "Optuna trial %d was left running by a sweeper that is gone: failed, its point %s",
             trial.number,
+            again,
         )
         run_dir = self.run_dir(trial)
         summary_path = run_dir / SUMMARY_FILE
@@ -190,7 +193,7 @@ class OptunaSweeper(Sweeper):
         except (OSError, ValueError):
             summary = {}
         if run_dir.is_dir() and summary.get("status") not in ("completed", "pruned"):
-            note = f"killed with its sweeper; Optuna trial {trial.number} is queued again"
+            note = f"killed with its sweeper; its point was {again}"
             write_json_atomic(summary_path, {**summary, "status": "interrupted", "error": note})
 
     def sweep(self, arguments: list[str]) -> None:
