@@ -15,9 +15,10 @@ on writing into the sweep folder, racing a resume of the sweep:
 - Each job's main process dies with the launcher. On Linux the kernel sends it SIGKILL when
   the launcher's thread that started it exits (`PR_SET_PDEATHSIG`, set by the job itself
   first thing, then checking that its parent is still the launcher, which closes the race
-  with a launcher that died before); the queue starts jobs from the launcher's main thread
-  only, so "that thread" is the launcher. Elsewhere (macOS) a thread of the job watches its
-  parent and kills the job's process group within `PARENT_WATCH_S` seconds.
+  with a launcher that died before); the thread that starts the jobs is the one that runs
+  the queue, which waits for every job, so it never exits before them. Elsewhere (macOS) a
+  thread of the job watches its parent and kills the job's process group within
+  `PARENT_WATCH_S` seconds.
 - The job's own children (data loader workers, torch's worker processes, a tracker's service
   process) are not signalled by the kernel: they stop by their own parent watch (torch's
   loader workers within a few seconds; torch.multiprocessing workers get SIGINT as their
@@ -234,8 +235,8 @@ class JobQueue:
         return None
 
     def _start(self, job: QueuedJob, slot: Slot) -> QueuedJob:
-        """Start the job (in this thread: the launcher's main thread, see die_with_launcher),
-        its payload and result in unnamed files opened only while it runs."""
+        """Start the job (from this thread, which outlives it: see die_with_launcher), its
+        payload and result in unnamed files open only while it runs."""
         job.slot = slot
         job.started = time.time()
         env = {**job.env, **slot.env(), LAUNCHER_PID_ENV: str(os.getpid())}
