@@ -215,9 +215,12 @@ def run_forked(payload_fd: int, result_fd: int) -> int:
 
 
 def child_env() -> dict[str, str]:
-    """This process's environment, with the folder this process imported its code from
-    first on the job's path (as under `python -m`, where it is the current folder)."""
+    """This process's environment, with the folder of its main module first on the job's
+    path (as under `python -m`, where it is the current folder), then the folder this
+    launcher was imported from: a fresh job runs the launcher's own code, also when another
+    copy is installed (a worktree beside an editable install)."""
     env = dict(os.environ)
     first = sys.path[0] if sys.path and sys.path[0] else os.getcwd()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [first, env.get("PYTHONPATH")]))
+    code = str(Path(__file__).resolve().parents[2])  # the folder holding hydra_plugins/
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [first, code, env.get("PYTHONPATH")]))
     return env
