@@ -6,7 +6,8 @@ EPOCH (0 before training; a resumed run's setup belongs to the last epoch of its
 ``QAEXP_CRASH_AT=KEY[,KEY...]`` kills the process with SIGKILL at the first of those keys it
 passes, as the OOM killer or a power cut would; ``QAEXP_CRASH_TRACE=FILE`` appends every key
 passed to FILE (before dying at it), so a test can list the points of a run and see where
-each attempt died.
+each attempt died. ``QAEXP_CRASH_SIGNAL=SIGINT`` (any signal name) sends that signal instead,
+at every listed key the process passes: a Ctrl-C arriving at exactly that instant.
 """
 
 from __future__ import annotations
@@ -36,4 +37,4 @@ def crash_point(name: str) -> None:
         with open(trace, "a", encoding="utf-8") as fh:
             fh.write(key + "\n")
     if at and key in at.split(","):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.Signals[os.environ.get("QAEXP_CRASH_SIGNAL", "SIGKILL")])

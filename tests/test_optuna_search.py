@@ -156,6 +156,53 @@ def test_a_trial_left_running_by_a_killed_process_is_failed_and_queued_again(tmp
     assert optuna_sweeper.ask(reopened, search_space({}, ["x=interval(0,1)"])).number == 1
 
 
+@pytest.mark.parametrize(
+    ("owner", "failed"),
+    [
+        ("gone", True),  # this host, the process is gone: failed at once
+        ("reused", True),  # this host, the pid now belongs to another process
+        ("alive", False),  # this host, alive (another sweeper sharing the study)
+        ("elsewhere", False),  # another host: only its heartbeat can tell
+    ],
+)
+def test_a_trial_whose_sweeper_is_gone_is_failed_at_once(tmp_path, owner, failed):
+    """Within the heartbeat grace, a RUNNING trial is failed and its point queued again when
+    its owner process is known gone; its killed run folder is marked interrupted."""
+    import subprocess
+    import sys
+
+    from hydra_plugins.qaexp_sweeper import optuna_sweeper
+
+    sweeper = optuna_sweeper.OptunaSweeper(
+        direction="maximize", study_name="s", storage=None, sampler=None, pruner=None
+    )
+    sweeper.sweep_dir = tmp_path
+    study = sweeper.open_study()
+    trial = optuna_sweeper.ask(study, search_space({}, ["x=interval(0,1)"]))
+    study._storage.record_heartbeat(trial._trial_id)
+    recorded = optuna_sweeper.process_owner()
+    if owner in ("gone", "elsewhere"):
+        exited = subprocess.Popen([sys.executable, "-c", "pass"])
+        exited.wait()
+        recorded["pid"] = exited.pid
+    if owner == "reused":
+        recorded["started"] = "1"
+    if owner == "elsewhere":
+        recorded["host"] = "another-host"
+    study._storage.set_trial_system_attr(trial._trial_id, optuna_sweeper.OWNER_ATTR, recorded)
+    (tmp_path / "0").mkdir()  # the killed job's run folder, without a summary
+    reopened = sweeper.open_study()
+    states = {t.number: t.state.name for t in reopened.trials}
+    if not failed:
+        assert states == {0: "RUNNING"}
+        assert not (tmp_path / "0" / "summary.json").exists()
+        return
+    assert states == {0: "FAIL", 1: "WAITING"}
+    assert reopened.trials[1].params == trial.params
+    summary = json.loads((tmp_path / "0" / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+
+
 def test_a_trial_stopped_by_a_signal_is_failed_and_its_point_queued(tmp_path):
     from hydra_plugins.qaexp_sweeper.optuna_sweeper import tell
 

@@ -1,6 +1,7 @@
 """One sweep job in its own process: `python -m hydra_plugins.qaexp_launcher.job PAYLOAD RESULT`.
 
-The launcher writes PAYLOAD (cloudpickle: Hydra's context and global state, the job's composed
+PAYLOAD and RESULT are open file descriptors of unnamed temporary files (see jobqueue.py). The
+launcher writes PAYLOAD (cloudpickle: Hydra's context and global state, the job's composed
 config, the task function); this runs the job through Hydra's own `run_job` (output folder,
 .hydra/ files, job logging, callbacks, as the basic launcher does in-process) and writes the
 JobReturn to RESULT. A job stopped by a signal exits with the task's own code (143 after
@@ -18,7 +19,6 @@ import pickle
 import sys
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("qaexp.parallel")
@@ -97,12 +97,27 @@ def log_traceback(ret: Any) -> None:
         log.error("".join(traceback.format_exception(type(error), error, error.__traceback__)))
 
 
-def main(payload_path: str, result_path: str) -> int:
+def read_fd(fd: int) -> bytes:
+    """All of file descriptor `fd` (shared with the launcher, so its offset is the end)."""
+    with os.fdopen(fd, "rb") as handle:
+        handle.seek(0)
+        return handle.read()
+
+
+def write_fd(fd: int, data: bytes) -> None:
+    """Write `data` at the start of file descriptor `fd` (the launcher reads it from there
+    once this process has exited; a result cut short by a kill does not unpickle: none)."""
+    with os.fdopen(fd, "wb") as handle:
+        handle.seek(0)
+        handle.write(data)
+
+
+def main(payload_fd: int | str, result_fd: int | str) -> int:
     import cloudpickle
     from hydra.core.singleton import Singleton
     from hydra.core.utils import JobStatus, run_job, setup_globals
 
-    payload = pickle.loads(Path(payload_path).read_bytes())
+    payload = pickle.loads(read_fd(int(payload_fd)))
     Singleton.set_state(payload["singletons"])
     setup_globals()
     limit_threads()
@@ -114,11 +129,13 @@ def main(payload_path: str, result_path: str) -> int:
         job_subdir_key="hydra.sweep.subdir",
     )
     log_traceback(ret)
-    tmp = Path(f"{result_path}.tmp")
-    tmp.write_bytes(cloudpickle.dumps(portable_return(ret)))
-    os.replace(tmp, result_path)
+    write_fd(int(result_fd), cloudpickle.dumps(portable_return(ret)))
     return 0 if ret.status == JobStatus.COMPLETED else 1
 
 
 if __name__ == "__main__":
+    from hydra_plugins.qaexp_launcher.jobqueue import LAUNCHER_PID_ENV, die_with_launcher
+
+    if LAUNCHER_PID_ENV in os.environ:
+        die_with_launcher(int(os.environ[LAUNCHER_PID_ENV]))
     sys.exit(main(*sys.argv[1:]))

@@ -14,15 +14,27 @@ uses optuna's ask-and-tell API directly:
   (qaexp/tracking/trial.py), and the trial is told PRUNED;
 - after every batch the study's best trial goes to `optimization_results.yaml`.
 
-A trial's process keeps a heartbeat in the storage while it runs: a trial left RUNNING by a
-process that was killed is failed when the search starts again, and its point retried.
+A trial left RUNNING by a sweeper that was killed (its jobs die with it) is failed when the
+search starts again, and its point queued as a new trial (once), so a resume started at once
+runs it again. Each trial records the sweeper process that runs it (`qaexp_owner`: host, pid
+and, on Linux, the process's start time, so a reused pid is not taken for it): on the same
+host a trial whose owner is gone is failed at once. For an owner on another host (a study
+shared through a database server) nothing tells whether it is alive but its heartbeat, which
+the sweeper records every HEARTBEAT_S seconds: such a trial is failed once its heartbeat is
+4 x HEARTBEAT_S old, and a resume started before that does not run its point. The killed
+trial's run folder is marked interrupted (summary.json), so the sweep does not count it as a
+failed job.
 """
 
+import copy
 import json
 import logging
+import os
+import socket
 import sys
 import threading
 import warnings
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +48,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.qaexp_sweeper.space import SearchSpace, override_value, search_space
-from qaexp.tracking.rundir import SUMMARY_FILE, write_text_atomic
+from qaexp.tracking.rundir import SUMMARY_FILE, write_json_atomic, write_text_atomic
 from qaexp.tracking.trial import PRUNED_ATTR, PRUNER_ATTR, STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 
 log = logging.getLogger(__name__)
@@ -44,6 +56,7 @@ log = logging.getLogger(__name__)
 STORAGE_FILE = "optuna.db"
 RESULTS_FILE = "optimization_results.yaml"
 HEARTBEAT_S = 30  # a RUNNING trial without a heartbeat for 4x this is stale
+OWNER_ATTR = "qaexp_owner"  # trial system attribute: the sweeper process running the trial
 
 
 @dataclass
@@ -130,9 +143,7 @@ class OptunaSweeper(Sweeper):
             direction=self.params["direction"],
             load_if_exists=True,
         )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+        self.fail_stale_trials(study)
         sampler = dict(self.params["sampler"] or {})
         if sampler.get("seed") is not None:
             # The same seed again would sample the first points again: a continued study
@@ -141,6 +152,49 @@ class OptunaSweeper(Sweeper):
         if sampler:
             study.sampler = instantiate(sampler)
         return study
+
+    def fail_stale_trials(self, study: Any) -> None:
+        """Fail the RUNNING trials whose sweeper is gone (on this host: at once; elsewhere:
+        after the heartbeat grace, as optuna.storages.fail_stale_trials would) and queue each
+        one's point again, once."""
+        import optuna
+        from optuna.trial import TrialState
+
+        storage = study._storage
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            stale = set(storage._get_stale_trial_ids(study._study_id))  # what Optuna would fail
+            retry = storage.get_heartbeat_stale_trial_callback()
+            for trial in running:
+                if trial._trial_id not in stale and not owner_gone(
+                    trial.system_attrs.get(OWNER_ATTR)
+                ):
+                    continue
+                with suppress(optuna.exceptions.UpdateFinishedTrialError):  # another process
+                    if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                        before = len(study.get_trials(deepcopy=False))
+                        retry(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
+                        self.mark_killed(trial, len(study.get_trials(deepcopy=False)) > before)
+
+    def mark_killed(self, trial: Any, queued: bool) -> None:
+        """Say so, and mark the run folder of a trial whose sweeper was killed interrupted,
+        not failed (the search runs its point again as a new trial, once)."""
+        again = "queued again as a new trial" if queued else "not queued again (retried once)"
+        log.warning(
+            "Optuna trial %d was left running by a sweeper that is gone: failed, its point %s",
+            trial.number,
+            again,
+        )
+        run_dir = self.run_dir(trial)
+        summary_path = run_dir / SUMMARY_FILE
+        try:
+            summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        except (OSError, ValueError):
+            summary = {}
+        if run_dir.is_dir() and summary.get("status") not in ("completed", "pruned"):
+            note = f"killed with its sweeper; its point was {again}"
+            write_json_atomic(summary_path, {**summary, "status": "interrupted", "error": note})
 
     def sweep(self, arguments: list[str]) -> None:
         """Run trials until the study has n_trials finished or running ones; write results."""
@@ -239,13 +293,48 @@ class OptunaSweeper(Sweeper):
         )
 
 
-def ask(study: Any, space: SearchSpace) -> Any:
-    """A new trial (a queued one first: the point of a trial that a killed process left)."""
-    import warnings
+def process_owner() -> dict:
+    """This process, as a trial's owner."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": started(os.getpid())}
 
+
+def started(pid: int) -> str | None:
+    """When process `pid` started (Linux: clock ticks after boot, field 22 of
+    /proc/PID/stat); "exited" for a process that exited but was not yet reaped (a zombie);
+    None where that cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return "exited" if fields[0] in ("Z", "X") else fields[19]
+
+
+def owner_gone(owner: dict | None) -> bool:
+    """Whether a trial's owner is known to be gone: a process of this host whose pid no
+    longer exists, has exited, or now belongs to a process started at another time. An owner
+    on another host (or none recorded) is never known gone: the heartbeat decides."""
+    if not owner or owner.get("host") != socket.gethostname():
+        return False
+    pid = int(owner["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # a process of another user holds the pid
+    now, then = started(pid), owner.get("started")
+    return now == "exited" or (None not in (now, then) and now != then)
+
+
+def ask(study: Any, space: SearchSpace) -> Any:
+    """A new trial (a queued one first: the point of a trial that a killed process left),
+    owned by this process."""
     with warnings.catch_warnings():  # the sweeper keeps the heartbeat itself (Heartbeat)
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
-        return study.ask(space.distributions)
+        trial = study.ask(space.distributions)
+    study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, process_owner())
+    return trial
 
 
 def finished(study: Any) -> list:

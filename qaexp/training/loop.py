@@ -274,7 +274,10 @@ def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | N
     batches = len(engine.train_loader) if engine.train_loader else 0
     accumulation = cfg.trainer.gradient_accumulation_steps
     answers = saved_answers(state_dir) if state_dir is not None else None
+    # The stop handlers outlast the recorded run: a second Ctrl-C while the summary is
+    # written ends the run as a stop, too.
     with (
+        GracefulStop() as stop,
         recorded_run(
             cfg,
             run_dir,
@@ -287,7 +290,6 @@ def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | N
             state_dir,
             answers,
         ) as run,
-        GracefulStop() as stop,
     ):
         if state_dir is not None:
             republish(run, engine.model)
@@ -300,8 +302,10 @@ def train_with_accelerate(cfg: QAExpConfig, run_dir: Path, labels: RunLabels | N
                 train_epoch(engine, run, progress, stop, run_dir, began)
             commit = None
             if epoch and cfg.trainer.save_state and not final_state_dropped(cfg, epoch):
-                commit = partial(
-                    save_state, accelerator, run_dir, progress, began, data=data.fingerprint
+                commit = stop.saved_by(
+                    partial(
+                        save_state, accelerator, run_dir, progress, began, data=data.fingerprint
+                    )
                 )
             finish_epoch(run, engine.model, progress, commit)
     if not cfg.trainer.keep_state:
@@ -347,9 +351,10 @@ def train_epoch(
     )
     if runner.run(progress):
         return
-    save_state(
-        run.accelerator, run_dir, progress, began, run.recorder.answers, run.data.fingerprint
-    )
+    with stop.saving():  # a second Ctrl-C waits for the state
+        save_state(
+            run.accelerator, run_dir, progress, began, run.recorder.answers, run.data.fingerprint
+        )
     raise RunInterrupted(
         f"Stopped by {stop.signal_name or 'a stop request'} in epoch {progress.epoch} after "
         f"{progress.batches_done} batches; the training state is saved in "
