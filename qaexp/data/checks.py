@@ -12,6 +12,9 @@ import unicodedata
 from collections.abc import Mapping
 
 import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from qaexp.errors import QAExpError
 
@@ -81,35 +84,41 @@ def _compose_batch(batch: dict) -> dict:
     }
 
 
-def _is_composed(examples: datasets.Dataset) -> bool:
-    texts = [*examples["context"], *examples["question"]]
-    texts += [t for a in examples["answers"] for t in (a or {}).get("text") or []]
-    return all(unicodedata.is_normalized("NFC", t) for t in texts if isinstance(t, str))
+def _not_composed(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Which of the strings are not in NFC (nulls are not)."""
+    differs = pc.not_equal(pc.utf8_normalize(values, form="NFC"), values)
+    return pc.fill_null(differs, False).to_numpy(zero_copy_only=False)
+
+
+def _decomposed_rows(examples: datasets.Dataset) -> list[int]:
+    """Rows whose context, question or an answer text is not in NFC (Arrow columns, read
+    once, compared with their NFC form)."""
+    table = examples.with_format("arrow")[:]
+    texts = pc.struct_field(table["answers"].combine_chunks(), "text")
+    bad = _not_composed(table["context"]) | _not_composed(table["question"])
+    parents = pc.list_parent_indices(texts).to_numpy()
+    bad[parents[_not_composed(pc.list_flatten(texts))]] = True
+    return np.flatnonzero(bad).tolist()
 
 
 def compose_unicode(examples: datasets.Dataset, split: str) -> datasets.Dataset:
     """`examples` with context, question and answer texts in Unicode NFC and every
     answer_start moved to the same character of the composed context (see
     `_composed_start`); unchanged (the same Dataset) when the text already is NFC."""
-    if _is_composed(examples):
+    rows = _decomposed_rows(examples)
+    if not rows:
         return examples
     composed = examples.map(
         _compose_batch, batched=True, features=examples.features, desc=f"Unicode NFC ({split})"
     )
-    changed = sum(
-        before != after
-        for before, after in zip(examples["context"], composed["context"], strict=True)
-    )
-    moved = sum(
-        a["answer_start"] != b["answer_start"]
-        for a, b in zip(examples["answers"], composed["answers"], strict=True)
-    )
+    before, after = examples.select(rows)["answers"], composed.select(rows)["answers"]
+    moved = sum(b["answer_start"] != a["answer_start"] for b, a in zip(before, after, strict=True))
     log.info(
-        "Brought the %s text to Unicode NFC (composed accents): %d of %d contexts changed "
-        "form, %d examples' answer_start moved to the same character of the composed "
+        "Brought the %s text to Unicode NFC (composed accents): %d of %d examples had "
+        "decomposed text, %d examples' answer_start moved to the same character of the composed "
         "context; offsets are checked and windows built on the NFC text",
         split,
-        changed,
+        len(rows),
         len(examples),
         moved,
     )
