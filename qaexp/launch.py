@@ -135,15 +135,16 @@ def agreed_run_stamp() -> str:
 
     - torchrun / accelerate launch: the first rank to ask sets it in the elastic agent's store,
       which outlives worker restarts (--max-restarts), so restarted workers find it again;
+      with one process too (--nproc_per_node=1), whose restarts resume in the same folder;
     - several SLURM tasks (srun): `slurm-JOBID-STEPID`, without a date, so a requeue (the same
       ids, maybe after midnight) lands in the same folder;
     - otherwise DATE/TIME from this process's clock.
     """
     now = datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
-    if external_world_size() == 1:
-        return now
     if uses_agent_store():
         return agent_store().compare_set("qaexp/run_stamp", "", now).decode()
+    if external_world_size() == 1:
+        return now
     if "SLURM_JOB_ID" in os.environ:
         return f"slurm-{os.environ['SLURM_JOB_ID']}-{os.environ.get('SLURM_STEP_ID', '0')}"
     return now

@@ -5,7 +5,9 @@ by SIGTERM keeps the single-process exit contract."""
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,13 +115,25 @@ TWO_PROCESSES = [
 ]
 
 
-@pytest.mark.slow
-def test_two_process_sigterm_exits_143_with_the_resume_command(tmp_path):
-    straight = run_qaexp([*TWO_PROCESSES, "hydra.run.dir=straight"], cwd=tmp_path, timeout=900)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    reference = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+def step_losses(run_dir: Path) -> dict[int, float]:
+    """The train/loss the main process logged at every optimizer step (TensorBoard)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    proc = start_qaexp([*TWO_PROCESSES, "hydra.run.dir=run"], tmp_path)
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    return {s.step: s.value for s in events.Scalars("train/loss")}
+
+
+@pytest.mark.slow
+def test_two_process_sigterm_mid_epoch_resumes_to_the_same_numbers(tmp_path):
+    """A stop inside epoch 2 (a check point at every step, so the stop lands mid-epoch):
+    exit 143 with the resume command, and the resumed run records exactly the uninterrupted
+    run's numbers: every metrics field, the summary, the predictions and the loss logged at
+    every step, since each process continues its own loss sums."""
+    args = [*TWO_PROCESSES, "trainer.log_every_n_steps=1", "logger=tensorboard"]
+    straight = run_qaexp([*args, "hydra.run.dir=straight"], cwd=tmp_path, timeout=900)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    proc = start_qaexp([*args, "hydra.run.dir=run"], tmp_path)
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not metrics.exists():
@@ -129,8 +143,28 @@ def test_two_process_sigterm_exits_143_with_the_resume_command(tmp_path):
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 143, stderr[-3000:]
     assert "trainer.resume=true" in stderr and "Traceback" not in stderr, stderr[-3000:]
-    resumed = run_qaexp(
-        [*TWO_PROCESSES, "hydra.run.dir=run", "trainer.resume=true"], cwd=tmp_path, timeout=900
-    )
+    progress = json.loads((tmp_path / "run" / "state" / "progress.json").read_text())
+    assert progress["epoch"] == 2 and progress["batches_done"] > 0  # stopped mid-epoch
+    assert len(progress["rank_sums"]) == 2  # each process's own sums
+    shutil.copytree(tmp_path / "run", tmp_path / "one")
+    resumed = run_qaexp([*args, "hydra.run.dir=run", "trainer.resume=true"], tmp_path, 900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert without_timing(read_jsonl(metrics)) == without_timing(reference)
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    assert without_timing(read_jsonl(metrics)) == without_timing(
+        read_jsonl(straight / "metrics.jsonl")
+    )
+    assert step_losses(run) == step_losses(straight)
+    predictions = [json.loads((d / "predictions.json").read_text()) for d in (run, straight)]
+    assert predictions[0] == predictions[1]
+    summaries = (json.loads((d / "summary.json").read_text()) for d in (run, straight))
+    a, b = ({k: v for k, v in without_timing(s).items() if k != "config"} for s in summaries)
+    assert a == b  # the configs differ only by trainer.resume=true
+
+    # On one process the same state resumes too, every process from the mean of the sums.
+    one = [*args, "hardware.num_processes=1", "hydra.run.dir=one", "trainer.resume=true"]
+    resumed = run_qaexp(one, tmp_path, 900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "saved by 2 processes and this run has 1" in (tmp_path / "one" / "qaexp.log").read_text()
+    records = read_jsonl(tmp_path / "one" / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert all(math.isfinite(r["train_loss"]) for r in records)

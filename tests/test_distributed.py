@@ -282,17 +282,18 @@ def test_two_torchrun_agents_share_one_default_run_dir(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_restart_resumes_in_the_same_run_dir(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_torchrun_restart_resumes_in_the_same_run_dir(tmp_path, processes):
     """--max-restarts=1 and a worker killed after epoch 1: the restarted workers find the
-    same run dir, resume from the state saved there, and end equal to an uninterrupted
-    2-process run."""
+    same run dir, resume from the state saved there, and end equal to an uninterrupted run
+    on as many processes. One process too: torchrun's agent store holds the run stamp."""
     import psutil
 
     from tests.test_resume import RESUME_RUN, assert_same_training
 
     args = [
-        "--standalone", "--nproc_per_node=2", "--max-restarts=1", "--monitor-interval=0.5",
-        "-m", "qaexp", *RESUME_RUN,
+        "--standalone", f"--nproc_per_node={processes}", "--max-restarts=1",
+        "--monitor-interval=0.5", "-m", "qaexp", *RESUME_RUN,
     ]  # fmt: skip
     agent = torchrun(args, tmp_path)
     deadline = time.monotonic() + 300
@@ -302,7 +303,7 @@ def test_torchrun_restart_resumes_in_the_same_run_dir(tmp_path):
     workers = [
         p for p in psutil.Process(agent.pid).children(recursive=True) if "qaexp" in p.cmdline()
     ]
-    assert len(workers) == 2
+    assert len(workers) == processes
     workers[-1].kill()
     _, stderr = agent.communicate(timeout=600)
     assert agent.returncode == 0, stderr[-3000:]
@@ -310,7 +311,7 @@ def test_torchrun_restart_resumes_in_the_same_run_dir(tmp_path):
     assert "Resuming from" in (run_dir / "qaexp.log").read_text()
     assert_run_dir_contract(run_dir, epochs=[1, 2, 3])
     result = run_qaexp(
-        [*RESUME_RUN, "hydra.run.dir=straight", "hardware.num_processes=2"], tmp_path
+        [*RESUME_RUN, "hydra.run.dir=straight", f"hardware.num_processes={processes}"], tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_training(run_dir, tmp_path / "straight")

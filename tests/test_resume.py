@@ -176,3 +176,18 @@ def test_resuming_a_completed_run_changes_nothing(tmp_path):
     assert longer.returncode == 2
     assert "trainer.epochs: 1 -> 2" in longer.stderr and "Cannot resume" in longer.stderr
     assert result_files(run_dir) == before
+
+
+def test_each_process_continues_its_own_loss_sums():
+    """A state saved by two processes mid-epoch: resumed on two, each continues its own
+    sums; on another process count (or from a state saved before per-process sums), every
+    process continues from their mean, so the epoch still records the mean batch loss."""
+    from qaexp.training.state import Progress
+
+    saved = {"epoch": 2, "batches_done": 3, "loss_sum": 13.5, "skipped_steps": 1}
+    progress = Progress.from_saved({**saved, "rank_sums": [[13.25, 1], [13.75, 1]]})
+    assert [progress.own_sums(rank, 2) for rank in (0, 1)] == [(13.25, 1), (13.75, 1)]
+    assert progress.own_sums(0, 1) == progress.own_sums(2, 4) == (13.5, 1)
+    assert Progress.from_saved(saved).own_sums(1, 2) == (13.5, 1)
+    progress.start_next_epoch()
+    assert progress.rank_sums == [] and progress.own_sums(0, 2) == (0.0, 0)

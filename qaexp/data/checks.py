@@ -1,12 +1,20 @@
 """Checks of the input records: training/evaluation splits, and the questions given to the
-pipeline or to predict. Bad records get one paragraph naming the record and the field."""
+pipeline or to predict. Bad records get one paragraph naming the record and the field.
+
+Text is brought to Unicode NFC (composed characters) before any answer offset is checked:
+the same accented letter may be one code point or a letter plus a combining mark, and an
+answer_start counted on one form points elsewhere in the other."""
 
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections.abc import Mapping
 
 import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from qaexp.errors import QAExpError
 
@@ -38,6 +46,83 @@ def _points_at(context: str, text: object, start: object) -> bool:
         and start + len(text) <= len(context)
         and context[start : start + len(text)] == text
     )
+
+
+def _nfc(text: str | None) -> str | None:
+    return unicodedata.normalize("NFC", text) if isinstance(text, str) else text
+
+
+def _composed_start(context: str, composed: str, text: str, start: int) -> int:
+    """An answer_start moved into the NFC `composed` context: counted on `context` as given
+    (the NFC of the text before it gives the new start), or else already counted on the
+    composed text (kept). A start that fits neither is kept for the checks to report."""
+    if not isinstance(start, int) or start < 0 or not isinstance(text, str):
+        return start
+    before = _nfc(context[:start])
+    if composed.startswith(before) and composed.startswith(_nfc(text), len(before)):
+        return len(before)
+    return start
+
+
+def _compose_batch(batch: dict) -> dict:
+    """One batch of records with context, question and answer texts in NFC (Dataset.map)."""
+    answers = []
+    for context, answer in zip(batch["context"], batch["answers"], strict=True):
+        texts = (answer or {}).get("text") or []
+        starts = (answer or {}).get("answer_start") or []
+        composed = _nfc(context) or ""
+        if len(texts) == len(starts):  # unpaired answers are refused by check_answer_records
+            starts = [
+                _composed_start(context or "", composed, t, s)
+                for t, s in zip(texts, starts, strict=True)
+            ]
+        answers.append({"text": [_nfc(t) for t in texts], "answer_start": starts})
+    return {
+        "context": [_nfc(c) for c in batch["context"]],
+        "question": [_nfc(q) for q in batch["question"]],
+        "answers": answers,
+    }
+
+
+def _not_composed(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Which of the strings are not in NFC (nulls are not)."""
+    differs = pc.not_equal(pc.utf8_normalize(values, form="NFC"), values)
+    return pc.fill_null(differs, False).to_numpy(zero_copy_only=False)
+
+
+def _decomposed_rows(examples: datasets.Dataset) -> list[int]:
+    """Rows whose context, question or an answer text is not in NFC (Arrow columns, read
+    once, compared with their NFC form)."""
+    table = examples.with_format("arrow")[:]
+    texts = pc.struct_field(table["answers"].combine_chunks(), "text")
+    bad = _not_composed(table["context"]) | _not_composed(table["question"])
+    parents = pc.list_parent_indices(texts).to_numpy()
+    bad[parents[_not_composed(pc.list_flatten(texts))]] = True
+    return np.flatnonzero(bad).tolist()
+
+
+def compose_unicode(examples: datasets.Dataset, split: str) -> datasets.Dataset:
+    """`examples` with context, question and answer texts in Unicode NFC and every
+    answer_start moved to the same character of the composed context (see
+    `_composed_start`); unchanged (the same Dataset) when the text already is NFC."""
+    rows = _decomposed_rows(examples)
+    if not rows:
+        return examples
+    composed = examples.map(
+        _compose_batch, batched=True, features=examples.features, desc=f"Unicode NFC ({split})"
+    )
+    before, after = examples.select(rows)["answers"], composed.select(rows)["answers"]
+    moved = sum(b["answer_start"] != a["answer_start"] for b, a in zip(before, after, strict=True))
+    log.info(
+        "Brought the %s text to Unicode NFC (composed accents): %d of %d examples had "
+        "decomposed text, %d examples' answer_start moved to the same character of the composed "
+        "context; offsets are checked and windows built on the NFC text",
+        split,
+        len(rows),
+        len(examples),
+        moved,
+    )
+    return composed
 
 
 def _answer_problems(
@@ -82,6 +167,17 @@ def _drop_training_rows(
     """Training examples without a usable question, context or answer: counted, reported and
     left out (never trained on)."""
     bad = set(blank) | set(missing) | set(misplaced)
+    if len(bad) == len(examples):
+        raise QAExpError(
+            f"The train split has nothing to train on: every one of the {len(examples)} "
+            f"training examples is unusable ({len(blank)} with an empty question or context, "
+            f"{len(missing)} without an answer, {len(misplaced)} whose answer_start lies "
+            "outside the context or does not point at the answer text; first ids: "
+            f"{', '.join(map(str, examples.select(sorted(bad)[:3])['id']))}). answer_start "
+            "is the character offset of the answer text in its context; it is checked after "
+            "both are brought to Unicode NFC (an offset counted on the text as given, or on "
+            "its NFC form, is accepted). Check how the offsets were computed and fix the data."
+        )
     log.warning(
         "Leaving %d of %d training examples out: %d with an empty question or context, %d "
         "without an answer, %d whose answer_start lies outside the context or does not point "
@@ -101,10 +197,13 @@ def check_examples(
 ) -> tuple[datasets.DatasetDict, dict[str, int]]:
     """Refuse duplicate, null or empty ids and empty splits, and evaluation questions with an
     empty question or context; leave training examples with an empty question or context, or
-    a missing or misplaced answer, out of training (counted and reported, never trained on).
-    With `allow_unanswerable` (SQuAD v2.0) a question without answers is kept, not missing."""
+    a missing or misplaced answer, out of training (counted and reported, never trained on),
+    and refuse a training split left empty. Text is first brought to Unicode NFC
+    (`compose_unicode`). With `allow_unanswerable` (SQuAD v2.0) a question without answers
+    is kept, not missing."""
     report: dict[str, int] = {}
     for split, examples in raw.items():
+        examples = raw[split] = compose_unicode(examples, split)
         if len(examples) == 0:
             raise QAExpError(f"The {split} split has no examples; check the data settings.")
         repeated = _duplicate_ids(examples)

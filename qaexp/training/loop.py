@@ -75,13 +75,19 @@ class DeviceTally:
     tokens: torch.Tensor
 
     @classmethod
-    def start(cls, progress: Progress, device: torch.device, is_main: bool) -> DeviceTally:
-        # Sums continue from a resumed epoch: the saved loss and skip counts are means over
-        # processes (restored on every process), the token count a sum (on the main one).
+    def start(cls, progress: Progress, accelerator: Accelerator) -> DeviceTally:
+        # Sums continue from a resumed epoch: each process's own loss and skip counts (see
+        # Progress.own_sums), the token count a sum over processes (on the main one).
+        loss_sum, nonfinite = progress.own_sums(
+            accelerator.process_index, accelerator.num_processes
+        )
+        device = accelerator.device
         return cls(
-            loss_sum=torch.tensor(progress.loss_sum, device=device),
-            nonfinite=torch.tensor(progress.skipped_steps, device=device),
-            tokens=torch.tensor(progress.tokens if is_main else 0, device=device),
+            loss_sum=torch.tensor(loss_sum, device=device),
+            nonfinite=torch.tensor(nonfinite, device=device),
+            tokens=torch.tensor(
+                progress.tokens if accelerator.is_main_process else 0, device=device
+            ),
         )
 
     def add(self, loss: torch.Tensor, attention_mask: torch.Tensor) -> None:
@@ -141,7 +147,7 @@ class EpochRunner:
         `progress` in place. Returns False when a stop was requested before the epoch ended."""
         self.model.train()
         acc = self.accelerator
-        tally = DeviceTally.start(progress, acc.device, acc.is_main_process)
+        tally = DeviceTally.start(progress, acc)
         windows = progress.windows if acc.is_main_process else 0
         skip = progress.batches_done
         batches = acc.skip_first_batches(self.loader, skip) if skip else self.loader
@@ -194,12 +200,15 @@ class EpochRunner:
 
     def _store(self, progress: Progress, tally: DeviceTally, windows: int) -> None:
         """The epoch's tallies into `progress`, reduced over processes: counts summed, the
-        loss sum and skipped steps averaged (each process trained as many batches)."""
+        loss sum and skipped steps averaged (each process trained as many batches), and each
+        process's own loss sum and skips kept beside them, so that a resume continues every
+        process from its own sums rather than from the mean, which rounds differently."""
         acc = self.accelerator
         counts = torch.stack([torch.tensor(windows, device=acc.device), tally.tokens])
         progress.windows, progress.tokens = (int(c) for c in acc.reduce(counts, "sum").tolist())
-        means = torch.stack([tally.loss_sum.float(), tally.nonfinite.float()])
-        loss_sum, skipped = acc.reduce(means, reduction="mean").tolist()
+        own = torch.stack([tally.loss_sum.float(), tally.nonfinite.float()])
+        progress.rank_sums = [[s, int(n)] for s, n in acc.gather(own[None]).tolist()]
+        loss_sum, skipped = acc.reduce(own, reduction="mean").tolist()
         progress.loss_sum, progress.skipped_steps = loss_sum, round(skipped)
 
 

@@ -66,7 +66,8 @@ RESUMABLE_CHANGES = (
 
 @dataclass
 class Progress:
-    """Where training stands. Sums are global (over all processes) at save time."""
+    """Where training stands. Sums are global (over all processes) at save time; each
+    process's own partial sums travel beside them (`rank_sums`)."""
 
     epoch: int = 1  # the epoch in progress (1-based)
     batches_done: int = 0  # batches of that epoch already trained
@@ -77,6 +78,9 @@ class Progress:
     seconds: float = 0.0  # training seconds this epoch
     skipped_steps: int = 0  # batches skipped for a non-finite loss
     wall_seconds: float = 0.0  # wall time of the run so far (all segments of a resumed run)
+    # Each process's own sums of this epoch by rank, [loss sum, non-finite losses], as the
+    # device held them: a resume on as many processes continues each one exactly there.
+    rank_sums: list[list[float]] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)  # metrics.jsonl records so far
     config: dict = field(default_factory=dict)
 
@@ -89,10 +93,32 @@ class Progress:
         saved["history"] = [upgrade_record(r) for r in saved.get("history", [])]
         return cls(**saved)
 
+    def own_sums(self, rank: int, processes: int) -> tuple[float, int]:
+        """(loss sum, non-finite losses) that process `rank` of `processes` continues this
+        epoch from: its own when the state was saved by as many processes, so the resumed
+        run records the uninterrupted run's losses to the last digit. With another process
+        count (or a state saved without per-process sums) every process continues from the
+        mean over the processes that saved it, so the epoch's loss is still the mean loss
+        of its batches, rounded differently."""
+        if len(self.rank_sums) == processes:
+            loss_sum, nonfinite = self.rank_sums[rank]
+            return loss_sum, int(nonfinite)
+        if self.rank_sums and rank == 0:
+            log.warning(
+                "The state was saved by %d processes and this run has %d: every process "
+                "continues epoch %d from the mean of the saved loss sums, so its train_loss "
+                "is the mean batch loss of both segments, not one process count's to the digit",
+                len(self.rank_sums),
+                processes,
+                self.epoch,
+            )
+        return self.loss_sum, self.skipped_steps
+
     def start_next_epoch(self) -> None:
         self.epoch += 1
         self.batches_done = self.windows = self.tokens = self.skipped_steps = 0
         self.loss_sum = self.seconds = 0.0
+        self.rank_sums = []
 
 
 def save_state(
