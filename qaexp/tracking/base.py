@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qaexp.analysis.report import SLICE_PREFIX  # per-slice F1 of the epoch's answers
 from qaexp.evaluation import SQUAD_V2_KEYS
 
 # metrics.jsonl key -> tracker key, for the per-epoch record.
@@ -65,8 +66,13 @@ class Tracker:
 
 
 def epoch_metrics(record: dict) -> dict[str, float]:
-    """A metrics.jsonl record under tracker names (`eval/f1`, `epoch/train_loss`, ...)."""
-    return {name: record[key] for key, name in EPOCH_METRICS.items() if record.get(key) is not None}
+    """A metrics.jsonl record under tracker names (`eval/f1`, `epoch/train_loss`, ...), with
+    the per-slice F1s (`eval/slice/<family>/<slice>`) passed on as they are."""
+    named = {
+        name: record[key] for key, name in EPOCH_METRICS.items() if record.get(key) is not None
+    }
+    named.update({k: v for k, v in record.items() if k.startswith(SLICE_PREFIX)})
+    return named
 
 
 def summary_metrics(summary: dict) -> dict:

@@ -25,6 +25,14 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from qaexp.analysis import (
+    ANSWERS_FILE,
+    LAST_ANSWERS_FILE,
+    Answers,
+    QuestionSet,
+    answers_text,
+    run_report,
+)
 from qaexp.config import CheckpointPolicy
 from qaexp.evaluation import SQUAD_V2_KEYS, EvalResult
 from qaexp.faults import crash_point
@@ -34,6 +42,7 @@ PREDICTIONS_FILE = "predictions.json"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_EPOCH_FILE = "qaexp_epoch.json"  # in checkpoint/: the epoch its weights are from
+ANALYSIS_FILES = ("analysis.md", "analysis.json")  # the best epoch's answers by slice
 NULL_ODDS_FILE = "null_odds.json"  # SQuAD v2.0: id -> null odds, the official na-prob file
 # SQuAD v2.0: the checkpoint's "no answer" threshold, read by qaexp.pipeline and predict.
 NULL_THRESHOLD_FILE = "null_threshold.json"
@@ -247,9 +256,17 @@ class RunRecorder:
     covers (`restore`, `reconcile_checkpoint`)."""
 
     def __init__(
-        self, run_dir: Path, accelerator: Accelerator, config: dict, counts: dict[str, int]
+        self,
+        run_dir: Path,
+        accelerator: Accelerator,
+        config: dict,
+        counts: dict[str, int],
+        questions: QuestionSet | None = None,
     ):
         self.run_dir = Path(run_dir)
+        self.questions = questions  # main process: what answers.jsonl is scored against
+        self.best_answers: dict | None = None  # the best epoch's {epoch, predictions, null_odds}
+        self.epoch_rows: list[dict] | None = None  # answers.jsonl rows of the last published
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process
         self.config = config
@@ -267,7 +284,8 @@ class RunRecorder:
         if not self.is_main:
             return
         remove_temporary_files(self.run_dir)
-        for name in (METRICS_FILE, PREDICTIONS_FILE, NULL_ODDS_FILE, SUMMARY_FILE):
+        answer_files = (ANSWERS_FILE, LAST_ANSWERS_FILE, *ANALYSIS_FILES)
+        for name in (METRICS_FILE, PREDICTIONS_FILE, NULL_ODDS_FILE, SUMMARY_FILE, *answer_files):
             (self.run_dir / name).unlink(missing_ok=True)
         checkpoint = self.run_dir / CHECKPOINT_DIR
         model = str(self.config.get("model", {}).get("name_or_path", ""))
@@ -288,6 +306,10 @@ class RunRecorder:
         self.history = list(history)
         self.predictions = (answers or {}).get("predictions")
         self.null_odds = (answers or {}).get("null_odds")
+        self.best_answers = (answers or {}).get("best")
+        best = self.best
+        if best is not None and best is self.history[-1] and self.predictions is not None:
+            self.best_answers = self._epoch_answers(best["epoch"], self.predictions, self.null_odds)
         if not self.is_main:
             return
         remove_temporary_files(self.run_dir)
@@ -304,6 +326,11 @@ class RunRecorder:
         rewritten to hold exactly what the state covers, in the order `publish` writes them."""
         if not self.is_main:
             return
+        last = self.history[-1] if self.history else None
+        if last is not None and self.predictions is not None:
+            self._write_question_answers(
+                last, self.predictions, self.null_odds, self.best, republish=True
+            )
         self._write_answers(self.predictions, self.null_odds)
         write_metrics(self.run_dir, self.history)
 
@@ -315,10 +342,64 @@ class RunRecorder:
         if predictions is not None:
             write_json_atomic(self.run_dir / PREDICTIONS_FILE, predictions)
 
+    @staticmethod
+    def _epoch_answers(epoch: int, predictions: dict, null_odds: dict | None) -> dict:
+        return {"epoch": epoch, "predictions": predictions, "null_odds": null_odds}
+
     @property
     def answers(self) -> dict:
-        """The last published epoch's answers, as a state saves them."""
-        return {"predictions": self.predictions, "null_odds": self.null_odds}
+        """The last published epoch's answers, as a state saves them (with the best epoch's,
+        for answers.jsonl, when that is an earlier one)."""
+        best = self.best_answers
+        last = self.history[-1]["epoch"] if self.history else None
+        return {
+            "predictions": self.predictions,
+            "null_odds": self.null_odds,
+            "best": best if best and best["epoch"] != last else None,
+        }
+
+    def answers_after(self, record: dict, result: EvalResult) -> dict:
+        """`answers` as they will be once the evaluated epoch `record` is published."""
+        improved = self.best is None or record["f1"] > self.best["f1"]
+        best = None if improved else self.best_answers
+        return {"predictions": result.predictions, "null_odds": result.null_odds, "best": best}
+
+    def _write_question_answers(
+        self,
+        record: dict,
+        predictions: dict[str, str],
+        null_odds: dict[str, float] | None,
+        best: dict,
+        republish: bool = False,
+    ) -> None:
+        """The per-question files of epoch `record`, `best` being the best epoch once it is
+        published: answers.jsonl, analysis.md and analysis.json of the best epoch (written
+        when `record` is the best, or again on `republish`), and answers-last.jsonl of
+        `record` when it is not the best (removed when it is). A resumed run whose state
+        lacks the best epoch's answers keeps the files it has."""
+        if self.questions is None:
+            return
+        epoch, last_file = record["epoch"], self.run_dir / LAST_ANSWERS_FILE
+        if best["epoch"] == epoch:
+            self.best_answers = self._epoch_answers(epoch, predictions, null_odds)
+            self.epoch_rows = self._write_best_answers(self.best_answers)
+            last_file.unlink(missing_ok=True)
+            return
+        known = self.best_answers is not None and self.best_answers["epoch"] == best["epoch"]
+        if republish and known:
+            self._write_best_answers(self.best_answers)
+        self.epoch_rows = self.questions.rows(epoch, predictions, null_odds)
+        write_text_atomic(last_file, answers_text(self.epoch_rows))
+
+    def _write_best_answers(self, best: dict) -> list[dict]:
+        """answers.jsonl, analysis.md and analysis.json of the best epoch; returns the rows."""
+        rows = self.questions.rows(best["epoch"], best["predictions"], best["null_odds"])
+        path = self.run_dir / ANSWERS_FILE
+        write_text_atomic(path, answers_text(rows))
+        text, payload = run_report(Answers.from_rows(path, rows), self.run_dir.name)
+        write_text_atomic(self.run_dir / ANALYSIS_FILES[0], text)
+        write_json_atomic(self.run_dir / ANALYSIS_FILES[1], payload)
+        return rows
 
     def reconcile_checkpoint(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, policy: CheckpointPolicy
@@ -376,6 +457,8 @@ class RunRecorder:
         if keeps_checkpoint(policy, improved):
             self.save_checkpoint(model, tokenizer, record["epoch"], null_threshold_record(record))
         if self.is_main:
+            best = record if improved else self.best
+            self._write_question_answers(record, result.predictions, result.null_odds, best)
             self._write_answers(result.predictions, result.null_odds)
             write_metrics(self.run_dir, [*self.history, record])
         self.history.append(record)
