@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from qaexp.analysis import ANSWERS_FILE, Answers, percent, read_answers
+from qaexp.analysis.report import ordered_labels
 from qaexp.compare_stats import Spread, spread
 from qaexp.errors import QAExpError
 from qaexp.tracking.rundir import METRICS_FILE, SUMMARY_FILE, read_metrics
@@ -32,6 +34,19 @@ class RunResult:
     overrides: dict[str, str]
     status: str  # summary.json's status; "failed" when the run wrote no summary
     epochs: list[dict]
+    path: Path | None = None  # the run folder
+    answers: Answers | None = None  # the best epoch's answers.jsonl (completed runs)
+    answers_problem: str | None = None  # why there are none: a paragraph naming the file
+
+    def slice_f1(self) -> dict[str, float]:
+        """F1 of each slice (`family: slice`) of the best epoch's answers; {} without them."""
+        if self.answers is None:
+            return {}
+        return {
+            f"{family}: {label}": percent(self.answers.f1[labels == label])
+            for family, labels in self.answers.slices.items()
+            for label in ordered_labels(family, labels)
+        }
 
     @property
     def completed(self) -> bool:
@@ -138,10 +153,18 @@ def read_epochs(run_dir: Path) -> list[dict]:
 
 
 def load_runs(paths: list[Path]) -> list[RunResult]:
-    return [
-        RunResult(label, read_overrides(run_dir), read_status(run_dir), read_epochs(run_dir))
-        for run_dir, label in find_run_dirs(paths)
-    ]
+    runs = []
+    for run_dir, label in find_run_dirs(paths):
+        run = RunResult(
+            label, read_overrides(run_dir), read_status(run_dir), read_epochs(run_dir), run_dir
+        )
+        if run.completed:
+            try:
+                run.answers = read_answers(run_dir / ANSWERS_FILE)
+            except QAExpError as err:
+                run.answers_problem = str(err)
+        runs.append(run)
+    return runs
 
 
 def differing_keys(runs: list[RunResult]) -> list[str]:

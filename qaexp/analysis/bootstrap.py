@@ -95,7 +95,7 @@ def flips(exact_a: np.ndarray, exact_b: np.ndarray, f1_a: np.ndarray, f1_b: np.n
         both_right=int((a & b).sum()),
         both_wrong=int((~a & ~b).sum()),
         f1_gained=float(change[change > 0].sum() * 100 / n),
-        f1_lost=float(-change[change < 0].sum() * 100 / n),
+        f1_lost=float(-change[change < 0].sum() * 100 / n) + 0.0,  # never -0.0
         f1_changed=int((change != 0).sum()),
     )
 
