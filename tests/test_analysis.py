@@ -359,3 +359,27 @@ def test_runs_on_other_questions_are_not_paired(tmp_path, rows):
     pair = pair_analysis(a, a, "a", "a")
     assert pair["paired_f1"]["p"] == 1.0 and pair["flips"]["f1_changed"] == 0
     json.dumps(pair)  # the report is plain JSON
+
+
+def test_wandb_table_holds_one_row_per_question_with_slices(rows, monkeypatch):
+    from qaexp.tracking.wandb_tracker import ANSWERS_TABLE, WandbTracker
+
+    logged = []
+
+    class Run:
+        def log(self, values):
+            logged.append(values)
+
+    WandbTracker(Run()).log_answers(rows)
+    (values,) = logged
+    table = values[ANSWERS_TABLE]
+    assert table.columns[:3] == ["id", "epoch", "question"] and "answer position" in table.columns
+    assert [row[0] for row in table.data] == ["q1", "q2", "q3", "q4", "q5"]
+    assert table.data[0][table.columns.index("f1")] == 1.0
+
+
+def test_slice_scalars_pass_to_the_trackers():
+    from qaexp.tracking import epoch_metrics
+
+    record = {"f1": 60.0, "eval/slice/question_word/what": 55.0, "other": 1}
+    assert epoch_metrics(record) == {"eval/f1": 60.0, "eval/slice/question_word/what": 55.0}

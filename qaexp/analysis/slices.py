@@ -10,9 +10,9 @@ listed in `FAMILIES` in display order.
   window" (whole inside window 1), "across windows" (else, when a window holds only part
   of it: the answer straddles a window edge), "later window" (whole inside a later window
   and cut by none).
-- overlap: the share of the question's distinct words (lower-cased, split at white space,
-  punctuation stripped from both ends; a/an/the left out) that occur in its context, split
-  at the eval set's tertiles: low, mid, high.
+- overlap: the share of the question's distinct words (lower-cased, punctuation turned into
+  spaces, split at white space; a/an/the left out) that occur in its context, split at the
+  eval set's tertiles: low, mid, high.
 - answerable (SQuAD v2.0 data only): answerable / unanswerable.
 
 Unanswerable questions get "none" for answer words and answer position.
@@ -20,6 +20,7 @@ Unanswerable questions get "none" for answer words and answer position.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Sequence
 
@@ -47,7 +48,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "overlap": ("low", "mid", "high"),
     "answerable": ("answerable", "unanswerable"),
 }
-_PUNCTUATION = string.punctuation + "“”‘’«»–—"
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}“”‘’«»–—]")
+_SEPARATOR = "\x00"  # joins texts for `words_of_all` (turned into no word)
 _ARTICLES = frozenset(("a", "an", "the"))
 # word -> its slice ("whom" and "whose" ask for a person too)
 _QUESTION_WORDS = {w: w for w in ("what", "who", "when", "where", "which", "why")} | {
@@ -57,14 +59,15 @@ _QUESTION_WORDS = {w: w for w in ("what", "who", "when", "where", "which", "why"
 
 
 def words_of(text: str) -> list[str]:
-    """The words the question slices look at: lower-cased, split at white space,
-    punctuation stripped from both ends."""
-    return [w for w in (w.strip(_PUNCTUATION) for w in text.lower().split()) if w]
+    """The words the question slices look at: lower-cased, punctuation turned into spaces,
+    split at white space."""
+    return _PUNCTUATION.sub(" ", text.lower()).split()
 
 
-def word_set(text: str) -> set[str]:
-    """The distinct `words_of` a text (stripping each distinct word once: fast on contexts)."""
-    return {w for w in (w.strip(_PUNCTUATION) for w in set(text.lower().split())) if w}
+def words_of_all(texts: Sequence[str]) -> list[list[str]]:
+    """`words_of` every text, with one lower-casing and one substitution over all of them."""
+    joined = _PUNCTUATION.sub(" ", _SEPARATOR.join(texts).lower())
+    return [part.split() for part in joined.split(_SEPARATOR)] if texts else []
 
 
 def question_word(question: str | list[str]) -> str:
@@ -91,7 +94,7 @@ def word_overlap(question: str | list[str], context: str | set[str]) -> float:
     """Share of the question's distinct words (no articles) that occur in the context (each
     as text, or as its `words_of`)."""
     asked = set(words_of(question) if isinstance(question, str) else question) - _ARTICLES
-    known = word_set(context) if isinstance(context, str) else context
+    known = set(words_of(context)) if isinstance(context, str) else context
     return len(asked & known) / len(asked) if asked else 0.0
 
 
@@ -191,11 +194,10 @@ def slice_labels(
     golds = pc.struct_field(answers, "text").to_pylist()
     start, end = first_answer_span(answers)
     count, position = window_slices(windows, ids, start, end)
-    context_words = {c: word_set(c) for c in dict.fromkeys(contexts)}
-    asked = [words_of(q) for q in questions]
-    overlap = np.array(
-        [word_overlap(q, context_words[c]) for q, c in zip(asked, contexts, strict=True)]
-    )
+    distinct = list(dict.fromkeys(contexts))
+    known = dict(zip(distinct, map(set, words_of_all(distinct)), strict=True))
+    asked = words_of_all(questions)
+    overlap = np.array([word_overlap(q, known[c]) for q, c in zip(asked, contexts, strict=True)])
     labels = {
         "question word": np.array([question_word(q) for q in asked], dtype=object),
         "answer words": np.array([answer_words(g) for g in golds], dtype=object),

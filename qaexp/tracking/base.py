@@ -61,6 +61,9 @@ class Tracker:
     def log_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         """After each epoch's evaluation: the metrics.jsonl record of that epoch."""
 
+    def log_answers(self, rows: list[dict]) -> None:
+        """Once, at the run's end: the best epoch's per-question rows (answers.jsonl)."""
+
     def finish(self, status: str, summary: dict) -> None:
         """Always called once, also when the run fails (status 'failed' or 'interrupted')."""
 

@@ -358,6 +358,13 @@ class RunRecorder:
             "best": best if best and best["epoch"] != last else None,
         }
 
+    def best_rows(self) -> list[dict] | None:
+        """answers.jsonl's rows of the best epoch (main process; None when unknown)."""
+        best = self.best_answers
+        if self.questions is None or best is None:
+            return None
+        return self.questions.rows(best["epoch"], best["predictions"], best["null_odds"])
+
     def answers_after(self, record: dict, result: EvalResult) -> dict:
         """`answers` as they will be once the evaluated epoch `record` is published."""
         improved = self.best is None or record["f1"] > self.best["f1"]
@@ -396,7 +403,7 @@ class RunRecorder:
         rows = self.questions.rows(best["epoch"], best["predictions"], best["null_odds"])
         path = self.run_dir / ANSWERS_FILE
         write_text_atomic(path, answers_text(rows))
-        text, payload = run_report(Answers.from_rows(path, rows), self.run_dir.name)
+        text, payload = run_report(Answers.from_rows(path, rows), "this run")
         write_text_atomic(self.run_dir / ANALYSIS_FILES[0], text)
         write_json_atomic(self.run_dir / ANALYSIS_FILES[1], payload)
         return rows

@@ -268,5 +268,10 @@ def recorded_run(
             if status == "completed":
                 raise
             log.error("Could not write the %s run's summary.json: %s", status, err)
+        rows = recorder.best_rows() if trackers else None
         for tracker in trackers:
-            tracker.finish(status, run.summary or {"status": status})
+            try:
+                if rows:
+                    tracker.log_answers(rows)
+            finally:
+                tracker.finish(status, run.summary or {"status": status})
