@@ -179,13 +179,24 @@ def plot_slice_f1(ax: Axes, runs: list[RunResult], keys: list[str]) -> None:
             label=run_label(run, keys),
         )
     families = [name.split(": ")[0] for name in names]
-    for j in range(1, len(names)):
-        if families[j] != families[j - 1]:
-            ax.axvline(j - 0.5, color="0.6", linewidth=0.8)
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    starts = [j for j in range(len(names)) if j == 0 or families[j] != families[j - 1]]
+    for begin, end in zip(starts, [*starts[1:], len(names)], strict=True):
+        if begin:
+            ax.axvline(begin - 0.5, color="0.6", linewidth=0.8)
+        ax.text(
+            (begin + end - 1) / 2,
+            1.01,
+            families[begin],
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    labels = [name.split(": ", 1)[-1] for name in names]
+    ax.set_xticks(range(len(names)), labels, rotation=45, ha="right", fontsize=8)
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylabel("F1 (%), best epoch")
-    ax.set_title("F1 by slice (answers.jsonl; n per slice in comparison.md)")
+    ax.set_title("F1 by slice (answers.jsonl; n per slice in comparison.md)", pad=18)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
