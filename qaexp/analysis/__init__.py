@@ -9,22 +9,24 @@ The public entry for a run's answers and their analysis:
 - `pair_analysis(a, b, name_a, name_b)`: two runs on the same questions: flips, the paired
   bootstrap test, per-slice differences, the most telling flipped questions.
 
-These modules are pure (numpy and the SQuAD metric); training records answers through
-them. The comparison tool (`python -m qaexp.compare`) and `python -m qaexp.analyze` read
-run folders with them.
+The sub-package holds the tools that read what runs wrote (compare.py with runs.py,
+seeds.py, plot.py: `python -m qaexp.compare`; analyze.py: `python -m qaexp.analyze`) and the
+analysis core they share with training (slices, answers, bootstrap, report, questions:
+numpy and the SQuAD metric, no run folder written), which a run uses to write
+answers.jsonl. It sits between training and tracking; training imports only the core.
 """
 
 from qaexp.analysis.answers import (
     ANSWERS_FILE,
     LAST_ANSWERS_FILE,
     Answers,
-    QuestionSet,
     answers_text,
     percent,
     question_scores,
     read_answers,
 )
 from qaexp.analysis.bootstrap import Flips, PairedTest, flips, interval, paired_test
+from qaexp.analysis.questions import QuestionSet
 from qaexp.analysis.report import (
     pair_analysis,
     pair_markdown,

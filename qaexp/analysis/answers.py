@@ -1,5 +1,5 @@
-"""Per-question answers: EM/F1 of every question as the run's metrics score it, the rows of
-answers.jsonl (built here, written by the run directory code), and reading them back.
+"""Per-question answers: EM/F1 of every question as the run's metrics score it, the text of
+answers.jsonl (its rows come from qaexp.analysis.questions), and reading it back.
 
 One row per evaluation question, in the eval set's order:
 `{"id", "epoch", "question", "context", "gold", "prediction", "exact", "f1", "slices"}`
@@ -11,19 +11,18 @@ epoch's exact_match/f1 in metrics.jsonl to the last digit.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
 import numpy as np
 
-from qaexp.analysis.slices import slice_labels
 from qaexp.errors import QAExpError
 from qaexp.metrics import exact_match_score, f1_score, normalize_answer
+from qaexp.tracking.rundir import ANSWERS_FILE, LAST_ANSWERS_FILE
 
-ANSWERS_FILE = "answers.jsonl"  # the best epoch's answers
-LAST_ANSWERS_FILE = "answers-last.jsonl"  # the last epoch's, when it is not the best
+__all__ = ["ANSWERS_FILE", "LAST_ANSWERS_FILE", "Answers", "read_answers"]
+
 EXCERPT_CHARS = 120  # context shown on each side of the gold answer
 ROW_KEYS = ("id", "epoch", "question", "context", "gold", "prediction", "exact", "f1", "slices")
 
@@ -63,71 +62,6 @@ def excerpt(context: str, start: int, end: int, chars: int = EXCERPT_CHARS) -> s
         start = end = 0
     a, b = max(0, start - chars), min(len(context), end + chars)
     return ("..." if a else "") + context[a:b] + ("..." if b < len(context) else "")
-
-
-@dataclass
-class QuestionSet:
-    """The evaluation questions of a run with their slices: what every epoch's answers are
-    scored and labelled against. Built once per run from the gold data and the windows."""
-
-    ids: list[str]
-    questions: list[str]
-    excerpts: list[str]
-    golds: list[list[str]]
-    slices: dict[str, np.ndarray]
-    unanswerable: bool = False
-
-    @classmethod
-    def build(
-        cls, examples: datasets.Dataset, windows: datasets.Dataset, unanswerable: bool = False
-    ) -> QuestionSet:
-        answers = examples["answers"]
-        excerpts = [
-            excerpt(c, a["answer_start"][0], a["answer_start"][0] + len(a["text"][0]))
-            if a["text"]
-            else excerpt(c, -1, -1)
-            for c, a in zip(examples["context"], answers, strict=True)
-        ]
-        return cls(
-            ids=list(examples["id"]),
-            questions=list(examples["question"]),
-            excerpts=excerpts,
-            golds=[list(a["text"]) for a in answers],
-            slices=slice_labels(examples, windows, unanswerable),
-            unanswerable=unanswerable,
-        )
-
-    def rows(
-        self,
-        epoch: int,
-        predictions: Mapping[str, str],
-        null_odds: Mapping[str, float] | None = None,
-    ) -> list[dict]:
-        """answers.jsonl's rows for one epoch's predictions (a missing one scores 0)."""
-        rows = []
-        families = list(self.slices)
-        for i, qid in enumerate(self.ids):
-            prediction = predictions.get(qid)
-            exact, f1 = (
-                question_scores(prediction, self.golds[i], self.unanswerable)
-                if prediction is not None
-                else (0.0, 0.0)
-            )
-            row = {
-                "id": qid,
-                "epoch": epoch,
-                "question": self.questions[i],
-                "context": self.excerpts[i],
-                "gold": self.golds[i],
-                "prediction": prediction,
-                "exact": exact,
-                "f1": f1,
-                "slices": {family: str(self.slices[family][i]) for family in families},
-            }
-            if null_odds is not None:
-                row["null_odds"] = null_odds.get(qid)
-            rows.append(row)
-        return rows
 
 
 def answers_text(rows: list[dict]) -> str:

@@ -21,8 +21,8 @@ from qaexp.analysis.bootstrap import (
 )
 from qaexp.analysis.slices import FAMILIES
 from qaexp.errors import QAExpError
+from qaexp.tracking.base import SLICE_PREFIX
 
-SLICE_PREFIX = "eval/slice/"  # tracker names of the per-slice F1s
 SHOWN_FLIPS = 3  # flipped questions shown each way
 
 

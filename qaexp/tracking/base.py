@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qaexp.analysis.report import SLICE_PREFIX  # per-slice F1 of the epoch's answers
 from qaexp.evaluation import SQUAD_V2_KEYS
 
 # metrics.jsonl key -> tracker key, for the per-epoch record.
@@ -66,6 +65,9 @@ class Tracker:
 
     def finish(self, status: str, summary: dict) -> None:
         """Always called once, also when the run fails (status 'failed' or 'interrupted')."""
+
+
+SLICE_PREFIX = "eval/slice/"  # eval/slice/<family>/<slice>: F1 per slice (qaexp.analysis)
 
 
 def epoch_metrics(record: dict) -> dict[str, float]:

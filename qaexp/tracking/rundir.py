@@ -19,20 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from qaexp.analysis import (
-    ANSWERS_FILE,
-    LAST_ANSWERS_FILE,
-    Answers,
-    QuestionSet,
-    answers_text,
-    run_report,
-)
 from qaexp.config import CheckpointPolicy
 from qaexp.evaluation import SQUAD_V2_KEYS, EvalResult
 from qaexp.faults import crash_point
@@ -42,6 +34,8 @@ PREDICTIONS_FILE = "predictions.json"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_EPOCH_FILE = "qaexp_epoch.json"  # in checkpoint/: the epoch its weights are from
+ANSWERS_FILE = "answers.jsonl"  # the best epoch's answers, one line per question
+LAST_ANSWERS_FILE = "answers-last.jsonl"  # the last epoch's, when it is not the best
 ANALYSIS_FILES = ("analysis.md", "analysis.json")  # the best epoch's answers by slice
 NULL_ODDS_FILE = "null_odds.json"  # SQuAD v2.0: id -> null odds, the official na-prob file
 # SQuAD v2.0: the checkpoint's "no answer" threshold, read by qaexp.pipeline and predict.
@@ -69,6 +63,20 @@ TRACKED_PACKAGES = (
     "numpy",
     "wandb",
 )
+
+
+class AnswerSheet(Protocol):
+    """The evaluation questions an epoch's answers are scored and labelled against
+    (qaexp.analysis.QuestionSet, built by the training code from the run's data)."""
+
+    def rows(self, epoch: int, predictions: dict, null_odds: dict | None) -> list[dict]:
+        """answers.jsonl's rows: one per question."""
+
+    def jsonl(self, rows: list[dict]) -> str:
+        """answers.jsonl's text."""
+
+    def report(self, rows: list[dict]) -> tuple[str, dict]:
+        """analysis.md's text and analysis.json's content for the rows."""
 
 
 @dataclass
@@ -261,7 +269,7 @@ class RunRecorder:
         accelerator: Accelerator,
         config: dict,
         counts: dict[str, int],
-        questions: QuestionSet | None = None,
+        questions: AnswerSheet | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.questions = questions  # main process: what answers.jsonl is scored against
@@ -396,14 +404,13 @@ class RunRecorder:
         if republish and known:
             self._write_best_answers(self.best_answers)
         self.epoch_rows = self.questions.rows(epoch, predictions, null_odds)
-        write_text_atomic(last_file, answers_text(self.epoch_rows))
+        write_text_atomic(last_file, self.questions.jsonl(self.epoch_rows))
 
     def _write_best_answers(self, best: dict) -> list[dict]:
         """answers.jsonl, analysis.md and analysis.json of the best epoch; returns the rows."""
         rows = self.questions.rows(best["epoch"], best["predictions"], best["null_odds"])
-        path = self.run_dir / ANSWERS_FILE
-        write_text_atomic(path, answers_text(rows))
-        text, payload = run_report(Answers.from_rows(path, rows), "this run")
+        write_text_atomic(self.run_dir / ANSWERS_FILE, self.questions.jsonl(rows))
+        text, payload = self.questions.report(rows)
         write_text_atomic(self.run_dir / ANALYSIS_FILES[0], text)
         write_json_atomic(self.run_dir / ANALYSIS_FILES[1], payload)
         return rows
