@@ -16,8 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from qaexp.analysis.compare import SWEEP_FAILURES
 from qaexp.cli import check_command_line
-from qaexp.compare import SWEEP_FAILURES
 from qaexp.config import QAExpConfig, register_configs
 from qaexp.console import quiet_libraries
 from qaexp.errors import QAExpError, RunInterrupted

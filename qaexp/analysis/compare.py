@@ -1,4 +1,4 @@
-"""Compare runs: `python -m qaexp.compare PATH... [--out DIR]`.
+"""Compare runs: `python -m qaexp.compare PATH... [--out DIR]` (entry: qaexp/compare/).
 
 Reads what runs wrote (metrics.jsonl, summary.json, .hydra/overrides.yaml) from a --multirun
 folder or from several run folders, prints a table sorted by best F1 (with the overrides that
@@ -28,9 +28,9 @@ try:
 except ImportError:  # not POSIX: comparisons written by concurrent jobs are not serialised
     fcntl = None
 
-from qaexp.analysis import pair_analysis, paired_line
-from qaexp.compare_plot import plot_comparison
-from qaexp.compare_runs import (
+from qaexp.analysis.plot import plot_comparison
+from qaexp.analysis.report import pair_analysis, paired_line
+from qaexp.analysis.runs import (
     METRICS,
     RunGroup,
     RunResult,
@@ -41,7 +41,7 @@ from qaexp.compare_runs import (
     rank,
     short_value,
 )
-from qaexp.compare_stats import ALPHA, welch_test
+from qaexp.analysis.seeds import ALPHA, welch_test
 from qaexp.errors import QAExpError
 from qaexp.tracking.rundir import replaced_atomically, write_text_atomic
 

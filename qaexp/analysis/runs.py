@@ -1,7 +1,7 @@
 """The runs a comparison reads: one RunResult per run folder (metrics.jsonl, summary.json,
 .hydra/overrides.yaml), and RunGroup, the runs of one setting that differ only in `seed`.
 
-The lowest comparison module: compare_plot and compare import it, it imports neither.
+The lowest comparison tool module: plot and compare import it, it imports neither.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from qaexp.analysis import ANSWERS_FILE, Answers, percent, read_answers
+from qaexp.analysis.answers import ANSWERS_FILE, Answers, percent, read_answers
 from qaexp.analysis.report import ordered_labels
-from qaexp.compare_stats import Spread, spread
+from qaexp.analysis.seeds import Spread, spread
 from qaexp.errors import QAExpError
 from qaexp.tracking.rundir import METRICS_FILE, SUMMARY_FILE, read_metrics
 

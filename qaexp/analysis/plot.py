@@ -11,8 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qaexp.compare_runs import REPLICATE_KEY, RunGroup, RunResult, has_replicates, short_value
-from qaexp.compare_stats import spread
+from qaexp.analysis.runs import REPLICATE_KEY, RunGroup, RunResult, has_replicates, short_value
+from qaexp.analysis.seeds import spread
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
