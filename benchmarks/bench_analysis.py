@@ -121,7 +121,9 @@ def main() -> None:
         )
         assert percent(f1_a) == squad_metrics(pred_a, references)["f1"]
         labels, t_slices = best_of(args.repeats, lambda: slice_labels(examples, windows), "slices")
-        _, t_table = best_of(args.repeats, lambda e=exact_a, f=f1_a, s=labels: slice_table(e, f, s))
+        _, t_table = best_of(
+            args.repeats, lambda e=exact_a, f=f1_a, s=labels: slice_table(e, f, s), "slice table"
+        )
 
         def paired(fa=f1_a, fb=f1_b, ea=exact_a, eb=exact_b):
             return paired_test(fa, fb), paired_test(ea, eb), flips(ea, eb, fa, fb)
