@@ -140,3 +140,41 @@ def test_old_runs_without_answers_still_compare(sweep, tmp_path):
     assert result.returncode == 0, result.stderr
     markdown = (old / "comparison.md").read_text()
     assert "Without per-question answers" in markdown and "trainer.epochs=0" in markdown
+
+
+def test_comparison_says_why_a_run_on_other_questions_is_not_paired(sweep, tmp_path):
+    mixed = tmp_path / "mixed"
+    copy_run(sweep, mixed, "0")
+    other = copy_run(sweep, mixed, "1")
+    other_dataset(other)
+    (other / ".hydra" / "overrides.yaml").write_text("- data.synthetic.seed=7\n")
+    result = run_cli([str(mixed)], tmp_path, "qaexp.compare")
+    assert result.returncode == 0, result.stderr
+    markdown = (mixed / "comparison.md").read_text()
+    assert "not paired" in markdown and "different evaluation questions" in markdown
+
+
+V2_RUN = [
+    *SMALL_RUN,
+    "optimizer.lr=1e-3",
+    "data.synthetic.unanswerable_fraction=0.3",
+    "data.synthetic.train_size=16",
+    "max_length=128",
+    "stride=32",
+    "hydra.run.dir=v2",
+]
+
+
+def test_squad_v2_answers_equal_the_v2_metrics_to_the_last_digit(tmp_path):
+    result = run_cli(V2_RUN, cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    run = tmp_path / "v2"
+    (epoch,) = read_jsonl(run / "metrics.jsonl")
+    answers = read_answers(run / "answers.jsonl")
+    assert percent(answers.exact) == epoch["exact_match"] == epoch["exact"]
+    assert percent(answers.f1) == epoch["f1"]
+    unanswerable = answers.slices["answerable"] == "unanswerable"
+    assert percent(answers.f1[unanswerable]) == epoch["NoAns_f1"]
+    assert percent(answers.f1[~unanswerable]) == epoch["HasAns_f1"]
+    assert all("null_odds" in row for row in answers.rows)
+    assert set(answers.slices["answer position"][unanswerable]) == {"none"}
