@@ -274,7 +274,7 @@ class RunRecorder:
         self.run_dir = Path(run_dir)
         self.questions = questions  # main process: what answers.jsonl is scored against
         self.best_answers: dict | None = None  # the best epoch's {epoch, predictions, null_odds}
-        self.epoch_rows: list[dict] | None = None  # answers.jsonl rows of the last published
+        self.epoch_rows: list[dict] | None = None  # rows of the last published epoch
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process
         self.config = config
