@@ -21,8 +21,8 @@ from hydra.plugins.plugin import Plugin
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from qaexp.analysis.compare import SWEEP_FAILURES
 from qaexp.cli import check_command_line
-from qaexp.compare import SWEEP_FAILURES
 from qaexp.config import QAExpConfig, register_configs
 from qaexp.console import quiet_libraries
 from qaexp.errors import QAExpError, RunInterrupted

@@ -238,15 +238,15 @@ def test_seed_plot_shows_the_spread(seed_sweep):
 def test_welch_p_without_scipy_matches_scipy():
     from scipy import stats
 
-    from qaexp.compare_stats import _t_two_sided_p
+    from qaexp.analysis.seeds import _t_two_sided_p
 
     for t, df in [(0.1, 2.0), (2.5, 3.3), (10.0, 1.5), (1.96, 1000.0), (4.0, 7.7), (0.0, 4.0)]:
         assert _t_two_sided_p(t, df) == pytest.approx(2 * stats.t.sf(t, df), abs=1e-9)
 
 
 def test_the_plot_module_does_not_import_the_comparison_module():
-    """compare_plot sits below compare: importing it must not import qaexp.compare."""
-    code = "import sys, qaexp.compare_plot; print('qaexp.compare' in sys.modules)"
+    """plot sits below compare: importing it must not import qaexp.analysis.compare."""
+    code = "import sys, qaexp.analysis.plot; print('qaexp.analysis.compare' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
     )
@@ -263,8 +263,8 @@ def test_plot_is_skipped_when_no_run_has_metrics(tmp_path, caplog):
 
 
 def test_plot_labels_say_what_differs():
-    from qaexp.compare_plot import run_label
-    from qaexp.compare_runs import RunResult
+    from qaexp.analysis.plot import run_label
+    from qaexp.analysis.runs import RunResult
 
     run = RunResult("3", {"stride": "64", "seed": "1"}, "completed", [])
     assert run_label(run, ["stride"]) == "3: stride=64"
@@ -304,7 +304,7 @@ def test_a_complete_run_with_a_damaged_summary_is_named_and_still_ranked(sweep, 
 
 
 def test_an_incomplete_run_with_a_damaged_summary_is_not_counted_complete(sweep, caplog):
-    from qaexp.compare import failed_jobs
+    from qaexp.analysis.compare import failed_jobs
 
     damaged = with_results(sweep / "1", epochs=3, checkpoint_epoch=1)  # 2 of 3 epochs
     (damaged / "state").mkdir()

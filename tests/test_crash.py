@@ -71,9 +71,13 @@ def assert_same_run(run: Path, reference: Path) -> None:
     assert without_timing(read_jsonl(run / "metrics.jsonl")) == without_timing(
         read_jsonl(reference / "metrics.jsonl")
     )
-    for name in ("predictions.json", "summary.json", "state/progress.json"):
+    for name in ("predictions.json", "summary.json", "state/progress.json", "analysis.json"):
         a, b = (json.loads((d / name).read_text()) for d in (run, reference))
         assert without_timing(a) == without_timing(b), name
+    for name in ("answers.jsonl", "answers-last.jsonl", "analysis.md"):
+        assert (run / name).exists() == (reference / name).exists(), name
+        if (reference / name).exists():
+            assert (run / name).read_text() == (reference / name).read_text(), name
     summary = json.loads((run / "summary.json").read_text())
     assert summary["checkpoint_epoch"] == summary["best_epoch"]
     assert summary["predictions_epoch"] == summary["epochs"]

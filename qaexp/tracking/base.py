@@ -60,13 +60,24 @@ class Tracker:
     def log_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         """After each epoch's evaluation: the metrics.jsonl record of that epoch."""
 
+    def log_answers(self, rows: list[dict]) -> None:
+        """Once, at the run's end: the best epoch's per-question rows (answers.jsonl)."""
+
     def finish(self, status: str, summary: dict) -> None:
         """Always called once, also when the run fails (status 'failed' or 'interrupted')."""
 
 
+SLICE_PREFIX = "eval/slice/"  # eval/slice/<family>/<slice>: F1 per slice (qaexp.analysis)
+
+
 def epoch_metrics(record: dict) -> dict[str, float]:
-    """A metrics.jsonl record under tracker names (`eval/f1`, `epoch/train_loss`, ...)."""
-    return {name: record[key] for key, name in EPOCH_METRICS.items() if record.get(key) is not None}
+    """A metrics.jsonl record under tracker names (`eval/f1`, `epoch/train_loss`, ...), with
+    the per-slice F1s (`eval/slice/<family>/<slice>`) passed on as they are."""
+    named = {
+        name: record[key] for key, name in EPOCH_METRICS.items() if record.get(key) is not None
+    }
+    named.update({k: v for k, v in record.items() if k.startswith(SLICE_PREFIX)})
+    return named
 
 
 def summary_metrics(summary: dict) -> dict:

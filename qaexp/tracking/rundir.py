@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
@@ -36,6 +36,9 @@ PREDICTIONS_FILE = "predictions.json"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_EPOCH_FILE = "qaexp_epoch.json"  # in checkpoint/: the epoch its weights are from
+ANSWERS_FILE = "answers.jsonl"  # the best epoch's answers, one line per question
+LAST_ANSWERS_FILE = "answers-last.jsonl"  # the last epoch's, when it is not the best
+ANALYSIS_FILES = ("analysis.md", "analysis.json")  # the best epoch's answers by slice
 NULL_ODDS_FILE = "null_odds.json"  # SQuAD v2.0: id -> null odds, the official na-prob file
 # SQuAD v2.0: the checkpoint's "no answer" threshold, read by qaexp.pipeline and predict.
 NULL_THRESHOLD_FILE = "null_threshold.json"
@@ -62,6 +65,20 @@ TRACKED_PACKAGES = (
     "numpy",
     "wandb",
 )
+
+
+class AnswerSheet(Protocol):
+    """The evaluation questions an epoch's answers are scored and labelled against
+    (qaexp.analysis.QuestionSet, built by the training code from the run's data)."""
+
+    def rows(self, epoch: int, predictions: dict, null_odds: dict | None) -> list[dict]:
+        """answers.jsonl's rows: one per question."""
+
+    def jsonl(self, rows: list[dict]) -> str:
+        """answers.jsonl's text."""
+
+    def report(self, rows: list[dict]) -> tuple[str, dict]:
+        """analysis.md's text and analysis.json's content for the rows."""
 
 
 @dataclass
@@ -313,8 +330,12 @@ class RunRecorder:
         config: dict,
         counts: dict[str, int],
         data: dict | None = None,
+        questions: AnswerSheet | None = None,
     ):
         self.run_dir = Path(run_dir)
+        self.questions = questions  # main process: what answers.jsonl is scored against
+        self.best_answers: dict | None = None  # the best epoch's {epoch, predictions, null_odds}
+        self.epoch_rows: list[dict] | None = None  # rows of the last published epoch
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process
         self.config = config
@@ -333,7 +354,8 @@ class RunRecorder:
         if not self.is_main:
             return
         remove_temporary_files(self.run_dir)
-        for name in (METRICS_FILE, PREDICTIONS_FILE, NULL_ODDS_FILE, SUMMARY_FILE):
+        answer_files = (ANSWERS_FILE, LAST_ANSWERS_FILE, *ANALYSIS_FILES)
+        for name in (METRICS_FILE, PREDICTIONS_FILE, NULL_ODDS_FILE, SUMMARY_FILE, *answer_files):
             (self.run_dir / name).unlink(missing_ok=True)
         checkpoint = self.run_dir / CHECKPOINT_DIR
         model = str(self.config.get("model", {}).get("name_or_path", ""))
@@ -354,6 +376,10 @@ class RunRecorder:
         self.history = list(history)
         self.predictions = (answers or {}).get("predictions")
         self.null_odds = (answers or {}).get("null_odds")
+        self.best_answers = (answers or {}).get("best")
+        best = self.best
+        if best is not None and best is self.history[-1] and self.predictions is not None:
+            self.best_answers = self._epoch_answers(best["epoch"], self.predictions, self.null_odds)
         if not self.is_main:
             return
         remove_temporary_files(self.run_dir)
@@ -370,6 +396,11 @@ class RunRecorder:
         rewritten to hold exactly what the state covers, in the order `publish` writes them."""
         if not self.is_main:
             return
+        last = self.history[-1] if self.history else None
+        if last is not None and self.predictions is not None:
+            self._write_question_answers(
+                last, self.predictions, self.null_odds, self.best, republish=True
+            )
         self._write_answers(self.predictions, self.null_odds)
         write_metrics(self.run_dir, self.history)
 
@@ -381,10 +412,70 @@ class RunRecorder:
         if predictions is not None:
             write_json_atomic(self.run_dir / PREDICTIONS_FILE, predictions)
 
+    @staticmethod
+    def _epoch_answers(epoch: int, predictions: dict, null_odds: dict | None) -> dict:
+        return {"epoch": epoch, "predictions": predictions, "null_odds": null_odds}
+
     @property
     def answers(self) -> dict:
-        """The last published epoch's answers, as a state saves them."""
-        return {"predictions": self.predictions, "null_odds": self.null_odds}
+        """The last published epoch's answers, as a state saves them (with the best epoch's,
+        for answers.jsonl, when that is an earlier one)."""
+        best = self.best_answers
+        last = self.history[-1]["epoch"] if self.history else None
+        return {
+            "predictions": self.predictions,
+            "null_odds": self.null_odds,
+            "best": best if best and best["epoch"] != last else None,
+        }
+
+    def best_rows(self) -> list[dict] | None:
+        """answers.jsonl's rows of the best epoch (main process; None when unknown)."""
+        best = self.best_answers
+        if self.questions is None or best is None:
+            return None
+        return self.questions.rows(best["epoch"], best["predictions"], best["null_odds"])
+
+    def answers_after(self, record: dict, result: EvalResult) -> dict:
+        """`answers` as they will be once the evaluated epoch `record` is published."""
+        improved = self.best is None or record["f1"] > self.best["f1"]
+        best = None if improved else self.best_answers
+        return {"predictions": result.predictions, "null_odds": result.null_odds, "best": best}
+
+    def _write_question_answers(
+        self,
+        record: dict,
+        predictions: dict[str, str],
+        null_odds: dict[str, float] | None,
+        best: dict,
+        republish: bool = False,
+    ) -> None:
+        """The per-question files of epoch `record`, `best` being the best epoch once it is
+        published: answers.jsonl, analysis.md and analysis.json of the best epoch (written
+        when `record` is the best, or again on `republish`), and answers-last.jsonl of
+        `record` when it is not the best (removed when it is). A resumed run whose state
+        lacks the best epoch's answers keeps the files it has."""
+        if self.questions is None:
+            return
+        epoch, last_file = record["epoch"], self.run_dir / LAST_ANSWERS_FILE
+        if best["epoch"] == epoch:
+            self.best_answers = self._epoch_answers(epoch, predictions, null_odds)
+            self.epoch_rows = self._write_best_answers(self.best_answers)
+            last_file.unlink(missing_ok=True)
+            return
+        known = self.best_answers is not None and self.best_answers["epoch"] == best["epoch"]
+        if republish and known:
+            self._write_best_answers(self.best_answers)
+        self.epoch_rows = self.questions.rows(epoch, predictions, null_odds)
+        write_text_atomic(last_file, self.questions.jsonl(self.epoch_rows))
+
+    def _write_best_answers(self, best: dict) -> list[dict]:
+        """answers.jsonl, analysis.md and analysis.json of the best epoch; returns the rows."""
+        rows = self.questions.rows(best["epoch"], best["predictions"], best["null_odds"])
+        write_text_atomic(self.run_dir / ANSWERS_FILE, self.questions.jsonl(rows))
+        text, payload = self.questions.report(rows)
+        write_text_atomic(self.run_dir / ANALYSIS_FILES[0], text)
+        write_json_atomic(self.run_dir / ANALYSIS_FILES[1], payload)
+        return rows
 
     def reconcile_checkpoint(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, policy: CheckpointPolicy
@@ -442,6 +533,8 @@ class RunRecorder:
         if keeps_checkpoint(policy, improved):
             self.save_checkpoint(model, tokenizer, record["epoch"], null_threshold_record(record))
         if self.is_main:
+            best = record if improved else self.best
+            self._write_question_answers(record, result.predictions, result.null_odds, best)
             self._write_answers(result.predictions, result.null_odds)
             write_metrics(self.run_dir, [*self.history, record])
         self.history.append(record)

@@ -99,11 +99,37 @@ class WandbTracker(Tracker):
     def log_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         self.run.log({"epoch": epoch, "global_step": step, **epoch_metrics(metrics)}, step=step)
 
+    def log_answers(self, rows: list[dict]) -> None:
+        """One table of the best epoch's answers (`eval/answers`), one row per question, so
+        runs can be joined on `id` in the dashboard."""
+        import wandb
+
+        self.run.log({ANSWERS_TABLE: wandb.Table(*answers_table(rows))})
+
     def finish(self, status: str, summary: dict) -> None:
         try:
             self.run.summary.update(summary_metrics(summary))
         finally:
             self.run.finish(exit_code=EXIT_CODES.get(status, 1))
+
+
+ANSWERS_TABLE = "eval/answers"
+ANSWER_COLUMNS = ("id", "epoch", "question", "context", "gold", "prediction", "exact", "f1")
+
+
+def answers_table(rows: list[dict]) -> tuple[list[str], list[list]]:
+    """(columns, data) of the answers table: answers.jsonl's fields, gold answers joined
+    with " | ", one column per slice family."""
+    families = list(rows[0]["slices"]) if rows else []
+    columns = [*ANSWER_COLUMNS, *families]
+    data = [
+        [
+            *(" | ".join(r["gold"]) if c == "gold" else r[c] for c in ANSWER_COLUMNS),
+            *(r["slices"][f] for f in families),
+        ]
+        for r in rows
+    ]
+    return columns, data
 
 
 def stored_run_id(run_dir: Path, resume_step: int | None) -> str | None:

@@ -394,5 +394,5 @@ def finish_epoch(
     progress.history = [*run.recorder.history, record]
     progress.start_next_epoch()
     if commit is not None:
-        commit({"predictions": result.predictions, "null_odds": result.null_odds})
+        commit(run.recorder.answers_after(record, result))
     run.publish(record, result, model)

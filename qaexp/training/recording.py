@@ -14,11 +14,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader
 
+from qaexp.analysis import QuestionSet, slice_scalars
 from qaexp.config import CheckpointPolicy, DataSource, QAExpConfig, as_dict
 from qaexp.errors import RunInterrupted
 from qaexp.evaluation import AnswerSearch, EvalResult, evaluate
@@ -101,8 +103,9 @@ class RecordedRun:
         epoch = record["epoch"]
         policy = checkpoint_policy(self.cfg, epoch)
         self.recorder.publish(record, result, model, self.data.tokenizer, policy)
+        scalars = epoch_slice_scalars(self.recorder.epoch_rows) if self.trackers else {}
         for tracker in self.trackers:
-            tracker.log_epoch(epoch, record["step"], record)
+            tracker.log_epoch(epoch, record["step"], {**record, **scalars})
         if self.pruned(epoch, record["f1"]):
             raise TrialPruned(f"pruned after epoch {epoch}")
 
@@ -122,6 +125,19 @@ class RecordedRun:
         if self.accelerator.num_processes > 1:
             broadcast_object_list(verdict)
         return bool(verdict[0])
+
+
+def epoch_slice_scalars(rows: list[dict] | None) -> dict[str, float]:
+    """The published epoch's F1 per slice (`eval/slice/...`) for the trackers."""
+    if not rows:
+        return {}
+    exact = np.array([row["exact"] for row in rows])
+    f1 = np.array([row["f1"] for row in rows])
+    families = {
+        family: np.array([row["slices"][family] for row in rows], dtype=object)
+        for family in rows[0]["slices"]
+    }
+    return slice_scalars(exact, f1, families)
 
 
 def continued_step(run_dir: Path, state_dir: Path | None) -> int | None:
@@ -232,8 +248,11 @@ def recorded_run(
     summary.json with the run's status and finish the trackers. Without `state_dir` the run
     dir starts clean. A trial pruned by an Optuna search ends here with status "pruned"."""
     config = as_dict(cfg)
+    questions = None
+    if accelerator.is_main_process:  # the main process writes answers.jsonl
+        questions = QuestionSet.build(data.raw["validation"], data.eval_windows, data.unanswerable)
     recorder = RunRecorder(
-        run_dir, accelerator, config=config, counts=data.counts, data=data.fingerprint
+        run_dir, accelerator, config, data.counts, data=data.fingerprint, questions=questions
     )
     recorder.restore(list(history), state_dir, answers)
     trackers = make_trackers(
@@ -263,5 +282,10 @@ def recorded_run(
             if status == "completed":
                 raise
             log.error("Could not write the %s run's summary.json: %s", status, err)
+        rows = recorder.best_rows() if trackers else None
         for tracker in trackers:
-            tracker.finish(status, run.summary or {"status": status})
+            try:
+                if rows:
+                    tracker.log_answers(rows)
+            finally:
+                tracker.finish(status, run.summary or {"status": status})

@@ -11,14 +11,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qaexp.compare_runs import REPLICATE_KEY, RunGroup, RunResult, has_replicates, short_value
-from qaexp.compare_stats import spread
+from qaexp.analysis.runs import REPLICATE_KEY, RunGroup, RunResult, has_replicates, short_value
+from qaexp.analysis.seeds import spread
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 MAX_LABELLED_RUNS = 10  # more lines than this: the rest are drawn grey, without a legend entry
 MAX_PARAMETER_PANELS = 5  # the Optuna space has 5 dimensions
+MAX_SLICE_RUNS = 4  # runs drawn side by side in the per-slice panel
 
 
 def run_label(run: RunResult, keys: list[str], position: int | None = None) -> str:
@@ -160,6 +161,46 @@ def plot_group_f1_per_epoch(ax: Axes, groups: list[RunGroup], keys: list[str]) -
     finish_epoch_axes(ax, epochs, "dev F1 (%), mean ± sd over seeds", "F1 per epoch by setting")
 
 
+def plot_slice_f1(ax: Axes, runs: list[RunResult], keys: list[str]) -> None:
+    """F1 by slice of the best epoch's answers: one bar per run (the best runs that have
+    answers.jsonl, ranked, in their colours) for each slice, slices grouped by family."""
+    colors = run_colors(runs)
+    shown = [run for run in runs if run.answers is not None][:MAX_SLICE_RUNS]
+    names = list(dict.fromkeys(name for run in shown for name in run.slice_f1()))
+    width = 0.8 / max(len(shown), 1)
+    for i, run in enumerate(shown):
+        f1 = run.slice_f1()
+        xs = [j + (i - (len(shown) - 1) / 2) * width for j in range(len(names))]
+        ax.bar(
+            xs,
+            [f1.get(name, 0.0) for name in names],
+            width,
+            color=colors[run.label],
+            label=run_label(run, keys),
+        )
+    families = [name.split(": ")[0] for name in names]
+    starts = [j for j in range(len(names)) if j == 0 or families[j] != families[j - 1]]
+    for begin, end in zip(starts, [*starts[1:], len(names)], strict=True):
+        if begin:
+            ax.axvline(begin - 0.5, color="0.6", linewidth=0.8)
+        ax.text(
+            (begin + end - 1) / 2,
+            1.01,
+            families[begin],
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    labels = [name.split(": ", 1)[-1] for name in names]
+    ax.set_xticks(range(len(names)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylabel("F1 (%), best epoch")
+    ax.set_title("F1 by slice (answers.jsonl; n per slice in comparison.md)", pad=18)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+
+
 def plot_comparison(
     runs: list[RunResult], groups: list[RunGroup], keys: list[str], path: Path
 ) -> None:
@@ -173,9 +214,11 @@ def plot_comparison(
         keys = [k for k in keys if k != REPLICATE_KEY]
     panels = keys[:MAX_PARAMETER_PANELS]
     columns = max(len(panels), 2)
-    fig = Figure(figsize=(4.2 * columns, 8.0 if panels else 4.5), layout="constrained")
+    slices = any(run.answers is not None for run in runs)
+    heights = [4.0] + ([4.0] if panels else []) + ([5.0] if slices else [])
+    fig = Figure(figsize=(4.2 * columns, sum(heights)), layout="constrained")
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(2 if panels else 1, columns)
+    grid = fig.add_gridspec(len(heights), columns, height_ratios=heights)
     top = fig.add_subplot(grid[0, :])
     if replicated:
         plot_group_f1_per_epoch(top, groups, keys)
@@ -190,6 +233,8 @@ def plot_comparison(
             ax.set_ylabel("best dev F1 (%)")
         if ax.get_legend_handles_labels()[0] and not any(a.get_legend() for a in fig.axes[1:]):
             ax.legend(fontsize=8, frameon=False)
+    if slices:
+        plot_slice_f1(fig.add_subplot(grid[-1, :]), runs, keys)
     completed = sum(r.completed for r in runs)
     settings = f", {len(groups)} setting{'s' if len(groups) != 1 else ''}" if replicated else ""
     fig.suptitle(f"{len(runs)} runs ({completed} completed){settings}")

@@ -1,7 +1,7 @@
 """The runs a comparison reads: one RunResult per run folder (metrics.jsonl, summary.json,
 .hydra/overrides.yaml), and RunGroup, the runs of one setting that differ only in `seed`.
 
-The lowest comparison module: compare_plot and compare import it, it imports neither.
+The lowest comparison tool module: plot and compare import it, it imports neither.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
-from qaexp.compare_stats import Spread, spread
+from qaexp.analysis.answers import ANSWERS_FILE, Answers, percent, read_answers
+from qaexp.analysis.report import ordered_labels
+from qaexp.analysis.seeds import Spread, spread
 from qaexp.errors import QAExpError
 from qaexp.tracking.lock import is_held
 from qaexp.tracking.rundir import (
@@ -49,10 +51,23 @@ class RunResult:
     settings: dict[str, Hashable] = field(default_factory=dict)
     results_complete: bool = False  # SUMMARY_DAMAGED: metrics and checkpoint are complete
     note: str | None = None  # what is wrong with the run's files, and what to do
+    path: Path | None = None  # the run folder
+    answers: Answers | None = None  # the best epoch's answers.jsonl (completed runs)
+    answers_problem: str | None = None  # why there are none: a paragraph naming the file
 
     def __post_init__(self) -> None:
         for key, value in self.overrides.items():
             self.settings.setdefault(key, parsed_value(value))
+
+    def slice_f1(self) -> dict[str, float]:
+        """F1 of each slice (`family: slice`) of the best epoch's answers; {} without them."""
+        if self.answers is None:
+            return {}
+        return {
+            f"{family}: {label}": percent(self.answers.f1[labels == label])
+            for family, labels in self.answers.slices.items()
+            for label in ordered_labels(family, labels)
+        }
 
     @property
     def completed(self) -> bool:
@@ -221,7 +236,7 @@ def read_run(run_dir: Path, label: str) -> RunResult:
     status, problem = read_status(run_dir)
     epochs = read_epochs(run_dir)
     overrides = read_overrides(run_dir)
-    run = RunResult(label, overrides, status, epochs, settings_of(run_dir, overrides))
+    run = RunResult(label, overrides, status, epochs, settings_of(run_dir, overrides), path=run_dir)
     if problem:
         run.results_complete, what = results_complete(run_dir, epochs)
         run.note = damaged_summary_note(run_dir, problem, run.results_complete, what)
@@ -230,7 +245,16 @@ def read_run(run_dir: Path, label: str) -> RunResult:
 
 
 def load_runs(paths: list[Path]) -> list[RunResult]:
-    return [read_run(run_dir, label) for run_dir, label in find_run_dirs(paths)]
+    runs = []
+    for run_dir, label in find_run_dirs(paths):
+        run = read_run(run_dir, label)
+        if run.completed:
+            try:
+                run.answers = read_answers(run_dir / ANSWERS_FILE)
+            except QAExpError as err:
+                run.answers_problem = str(err)
+        runs.append(run)
+    return runs
 
 
 # --- settings as the runs parsed them ---------------------------------------------------

@@ -1,4 +1,4 @@
-"""Compare runs: `python -m qaexp.compare PATH... [--out DIR]`.
+"""Compare runs: `python -m qaexp.compare PATH... [--out DIR]` (entry: qaexp/compare/).
 
 Reads what runs wrote (metrics.jsonl, summary.json, .hydra/overrides.yaml) from a --multirun
 folder or from several run folders, prints a table sorted by best F1 (with the overrides that
@@ -28,8 +28,9 @@ try:
 except ImportError:  # not POSIX: comparisons written by concurrent jobs are not serialised
     fcntl = None
 
-from qaexp.compare_plot import plot_comparison
-from qaexp.compare_runs import (
+from qaexp.analysis.plot import plot_comparison
+from qaexp.analysis.report import pair_analysis, paired_line
+from qaexp.analysis.runs import (
     METRICS,
     SUMMARY_DAMAGED,
     RunGroup,
@@ -41,7 +42,7 @@ from qaexp.compare_runs import (
     rank,
     short_value,
 )
-from qaexp.compare_stats import ALPHA, welch_test
+from qaexp.analysis.seeds import ALPHA, welch_test
 from qaexp.errors import QAExpError
 from qaexp.tracking.rundir import replaced_atomically, write_text_atomic
 
@@ -193,6 +194,99 @@ def noise_section(groups: list[RunGroup]) -> str:
     return "\n".join(lines) + "\n"
 
 
+MAX_PAIRED_RUNS = 10  # runs tested against the best one, question by question
+MAX_SLICE_RUNS = 6  # runs shown side by side in the per-slice table
+
+
+def slice_columns(runs: list[RunResult]) -> list[str]:
+    """`F1 family: slice` for every slice of any run's answers, in the runs' order."""
+    names = dict.fromkeys(name for run in rank(runs) for name in run.slice_f1())
+    return [f"F1 {name}" for name in names]
+
+
+def with_slice_columns(
+    header: list[str], rows: list[list[Any]], labels: list[str], runs: list[RunResult]
+) -> tuple[list[str], list[list[Any]]]:
+    """The CSV table with each row's per-slice F1 appended (a grouped row: the mean over
+    the setting's runs that have answers)."""
+    columns = slice_columns(runs)
+    if not columns:
+        return header, rows
+    by_label = {run.label: run.slice_f1() for run in runs}
+    extended = []
+    for row, label in zip(rows, labels, strict=True):
+        per_run = [by_label[name] for name in label.split(",") if by_label.get(name)]
+        values = []
+        for column in columns:
+            found = [f1[column[3:]] for f1 in per_run if column[3:] in f1]
+            values.append(sum(found) / len(found) if found else None)
+        extended.append([*row, *values])
+    return [*header, *columns], extended
+
+
+def slice_section(runs: list[RunResult]) -> str:
+    """F1 by slice of the best epoch's answers: one row per slice, one column per run."""
+    shown = [run for run in rank(runs) if run.answers is not None][:MAX_SLICE_RUNS]
+    if not shown:
+        return ""
+    per_run = [run.slice_f1() for run in shown]
+    header = ["slice", "n", *(f"F1 run {run.label}" for run in shown)]
+    counts = {
+        f"{family}: {label}": int((labels == label).sum())
+        for family, labels in shown[0].answers.slices.items()
+        for label in set(labels.tolist())
+    }
+    names = list(dict.fromkeys(name for f1 in per_run for name in f1))
+    rows = [[name, counts.get(name), *(f1.get(name) for f1 in per_run)] for name in names]
+    return (
+        "\n## F1 by slice\n\nThe best epoch's answers of each run (answers.jsonl), split by "
+        "question word, answer length, windows per context, where the answer lies, "
+        "question-context word overlap (docs/analysis.md):\n\n" + markdown_table(header, rows)
+    )
+
+
+def paired_section(runs: list[RunResult]) -> str:
+    """Each completed run against the best run on the same questions (paired bootstrap)."""
+    ranked = [run for run in rank(runs) if run.completed and run.best]
+    lines = [
+        "## Against the best run, question by question",
+        "",
+        "Paired bootstrap over the evaluation questions (B - best, 10,000 resamples): whether "
+        "another draw of questions like these could reverse the difference. It holds with one "
+        "seed per setting, but says nothing about seed-to-seed noise (the Welch test above, "
+        "with several seeds, does).",
+        "",
+    ]
+    missing = [run for run in ranked if run.answers is None]
+    top = next((run for run in ranked if run.answers is not None), None)
+    if top is None:
+        lines.append("- no completed run has answers.jsonl: nothing to pair")
+    else:
+        lines[2] = lines[2].replace("best", f"run {top.label}", 1)
+        others = [run for run in ranked if run.answers is not None and run is not top]
+        for run in others[:MAX_PAIRED_RUNS]:
+            try:
+                pair = pair_analysis(top.answers, run.answers, top.label, run.label)
+            except QAExpError as err:
+                lines.append(f"- run {run.label}: not paired: {err}")
+                continue
+            lines.append(f"- run {run.label} vs {top.label}: {paired_line(pair)}")
+        if not others:
+            lines.append("- only one run has answers.jsonl: nothing to pair")
+        if len(others) > MAX_PAIRED_RUNS:
+            lines.append(f"- {len(others) - MAX_PAIRED_RUNS} more runs not paired")
+    if missing:
+        names = ", ".join(run.label for run in missing)
+        example = missing[0].path / "checkpoint" if missing[0].path else "RUN/checkpoint"
+        lines.append(
+            f"\nWithout per-question answers (answers.jsonl missing or unreadable): runs "
+            f"{names}; their slices and flips are not shown. Runs made before qaexp wrote "
+            "answers.jsonl get one by evaluating their checkpoint: python -m qaexp <the run's "
+            f"overrides> trainer.epochs=0 model.name_or_path={example}."
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _cell(column: str, value: Any) -> str:
     """Display text: 2 decimals for EM/F1, 1 for times and rates, short override values."""
     if value is None:
@@ -249,6 +343,9 @@ def write_comparison(runs: list[RunResult], out_dir: Path) -> str:
     intro = f"# Comparison of {len(runs)} runs\n\n"
     if has_replicates(groups):
         header, rows, csv_header, csv_rows = group_table(groups, keys)
+        csv_header, csv_rows = with_slice_columns(
+            csv_header, csv_rows, [g.label for g in groups], runs
+        )
         table = markdown_table(header, rows)
         intro += (
             f"{len(groups)} settings, ranked by mean best dev F1 (EM/F1 in %; mean ± sd "
@@ -256,14 +353,15 @@ def write_comparison(runs: list[RunResult], out_dir: Path) -> str:
         )
         outro = "\n" + noise_section(groups)
     else:
-        csv_header, csv_rows = table_rows(runs)
-        header, rows = csv_header, csv_rows
+        header, rows = table_rows(runs)
+        csv_header, csv_rows = with_slice_columns(header, rows, [r.label for r in rank(runs)], runs)
         table = markdown_table(header, rows)
         intro += f"Ranked by best dev F1 (EM/F1 in %); {not_completed(runs)}.\n\n"
         outro = "\n" + NO_NOISE_ESTIMATE + "\n"
     outro += run_notes(runs)
     csv_path, md_path, png_path = (out_dir / name for name in OUTPUT_FILES)
     write_text_atomic(csv_path, csv_text(csv_header, csv_rows))
+    outro += slice_section(runs) + "\n" + paired_section(runs)
     write_text_atomic(md_path, intro + table + outro)
     if any(run.epochs for run in runs):
         with replaced_atomically(png_path) as tmp:
