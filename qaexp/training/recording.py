@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from qaexp.config import CheckpointPolicy, DataSource, QAExpConfig, as_dict
 from qaexp.errors import RunInterrupted
 from qaexp.evaluation import AnswerSearch, EvalResult, evaluate
-from qaexp.modeling import describe_model
+from qaexp.modeling import describe_inputs, describe_model
 from qaexp.tracking import RunLabels, Tracker, make_trackers
 from qaexp.tracking.rundir import EpochStats, RunRecorder
 from qaexp.tracking.trial import TrialPruned, TrialReporter, in_search
@@ -60,6 +60,8 @@ class RecordedRun:
                 else ""
             )
             + f"{counts['eval_windows']} eval ({counts['eval_examples']} examples)",
+            f"  model    {describe_inputs(cfg.model)}",
+            f"  labels   {self.data.labels.describe() if self.data.labels else 'not checked'}",
             f"  devices  {acc.device}, precision {acc.mixed_precision}, {processes}",
         ]
         if cfg.trainer.epochs:
