@@ -29,6 +29,7 @@ TOKENIZER_FILES = (
     "tokenizer.json",
     "vocab.txt",
     "vocab.json",
+    "spm.model",  # DeBERTa-v2/v3 (converted to a fast tokenizer on load)
     "spiece.model",
     "tokenizer.model",
     "sentencepiece.bpe.model",

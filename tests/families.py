@@ -126,6 +126,7 @@ def _xlm_roberta(folder: Path, texts: list[str]):
     config = XLMRobertaConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=514,  # 512 positions after the padding offset, as XLM-R's
+        type_vocab_size=1,  # as XLM-R's: one token type, so no token_type_ids
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -192,10 +193,7 @@ def _electra(folder: Path, texts: list[str]):
 
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     wordpiece.train_from_iterator(texts, vocab_size=VOCAB_SIZE, show_progress=False)
-    vocab_folder = folder.parent / f"{folder.name}-vocab"
-    vocab_folder.mkdir(parents=True, exist_ok=True)
-    wordpiece.save_model(str(vocab_folder))
-    tokenizer = ElectraTokenizerFast(vocab_file=str(vocab_folder / "vocab.txt"))
+    tokenizer = ElectraTokenizerFast(vocab=wordpiece.get_vocab())
     config = ElectraConfig(vocab_size=len(tokenizer), embedding_size=32, **SIZE)
     return config, tokenizer
 
