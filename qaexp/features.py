@@ -112,7 +112,9 @@ def normalise_spans(
     solid = np.append(~np.isin(codes, _WHITESPACE), True)  # a sentinel past the end
     next_solid = np.minimum.accumulate(np.where(solid, index, len(codes))[::-1])[::-1]
     last_solid = np.maximum.accumulate(np.where(solid, index, -1))
-    begin, end = spans[:, 0] + token_text, spans[:, 1] + token_text
+    # Other tokens' spans are in the question's characters: read as empty spans at 0 here.
+    begin = np.where(context, spans[:, 0] + token_text, 0)
+    end = np.where(context, spans[:, 1] + token_text, 0)
     start = np.minimum(next_solid[begin], end)
     stop = np.maximum(last_solid[np.maximum(end - 1, 0)] + 1, start)
     stop = np.where(end > begin, stop, start)
