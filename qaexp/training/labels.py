@@ -70,9 +70,12 @@ def _example_rows(windows: datasets.Dataset, examples: datasets.Dataset) -> np.n
     return pc.index_in(_column(windows, "example_id"), value_set=ids).to_numpy(zero_copy_only=False)
 
 
-def check_train_labels(windows: datasets.Dataset, examples: datasets.Dataset) -> LabelCheck:
+def check_train_labels(
+    windows: datasets.Dataset, examples: datasets.Dataset, shown: int = SHOWN_MISSES
+) -> LabelCheck:
     """Decode each labelled window (features.LABEL_CHECK_COLUMNS) and compare it with the gold
-    answer: the same characters, or the same text after SQuAD normalisation."""
+    answer: the same characters, or the same text after SQuAD normalisation. The first
+    `shown` misses are kept to name them."""
     start = _column(windows, LABEL_START_CHAR).to_numpy()
     end = _column(windows, LABEL_END_CHAR).to_numpy()
     labelled = start != NO_LABEL
@@ -88,9 +91,9 @@ def check_train_labels(windows: datasets.Dataset, examples: datasets.Dataset) ->
         decoded = "" if broken else contexts[row][start[window] : end[window]]
         if not broken and normalize_answer(decoded) == normalize_answer(gold_text[row]):
             check.recovered += 1
-        elif len(check.misses) < SHOWN_MISSES:
-            shown = "labels whose tokens overlap their neighbours" if broken else repr(decoded)
-            check.misses.append((examples[int(row)]["id"], gold_text[row], shown))
+        elif len(check.misses) < shown:
+            got = "labels whose tokens overlap their neighbours" if broken else repr(decoded)
+            check.misses.append((examples[int(row)]["id"], gold_text[row], got))
     return check
 
 

@@ -60,6 +60,7 @@ class RecordedRun:
                 else ""
             )
             + f"{counts['eval_windows']} eval ({counts['eval_examples']} examples)",
+            f"  cost     {window_cost(counts, cfg.max_length)}",
             f"  model    {describe_inputs(cfg.model)}",
             f"  labels   {self.data.labels.describe() if self.data.labels else 'not checked'}",
             f"  devices  {acc.device}, precision {acc.mixed_precision}, {processes}",
@@ -190,6 +191,18 @@ def describe_data(cfg: QAExpConfig) -> str:
         files = (data.train_file if cfg.trainer.epochs else None, data.validation_file)
         return "SQuAD JSON " + ", ".join(Path(f).name for f in files if f)
     return "synthetic (qaexp's generator)"
+
+
+def window_cost(counts: dict, max_length: int) -> str:
+    """Windows per evaluation question and the attention they cost: self-attention scores
+    every pair of tokens in a window, so at most max_length² pairs per window (a longer
+    window means fewer windows but quadratically more pairs in each)."""
+    per_question = counts["eval_windows"] / max(counts["eval_examples"], 1)
+    pairs = per_question * max_length**2
+    return (
+        f"{per_question:.2f} windows per eval question, at most {pairs / 1e6:.2f}M attention "
+        f"pairs per question and layer ({max_length}² per window)"
+    )
 
 
 def epoch_line(epoch: int, stats: EpochStats, result: EvalResult) -> str:
