@@ -252,6 +252,19 @@ def test_deberta_trains_with_the_hf_engine(checkpoints, tmp_path):
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["label_recovery"] == 1.0
 
 
+@pytest.mark.slow
+@pytest.mark.processes
+def test_xlm_roberta_trains_on_two_processes(checkpoints, tmp_path):
+    """Two CPU workers: the label check and the windows agree across ranks."""
+    from tests.conftest import run_qaexp
+
+    args = [*family_run_args(checkpoints("xlm-roberta")), "hardware=cpu"]
+    result = run_qaexp([*args, "hardware.num_processes=2", "hydra.run.dir=run"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["label_recovery"] == 1.0
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 
@@ -278,10 +291,18 @@ def test_max_length_beyond_the_positions_is_refused(checkpoints, tmp_path):
 
 
 def test_model_without_a_qa_class_is_refused(tmp_path, minilm_tokenizer):
-    from transformers import BertGenerationConfig
+    """A complete encoder checkpoint (BertGeneration) whose family has no QA head."""
+    from transformers import BertGenerationConfig, BertGenerationEncoder
 
     folder = tmp_path / "encoder"
-    BertGenerationConfig(vocab_size=len(minilm_tokenizer), hidden_size=32).save_pretrained(folder)
+    config = BertGenerationConfig(
+        vocab_size=len(minilm_tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    BertGenerationEncoder(config).save_pretrained(folder)
     minilm_tokenizer.save_pretrained(folder)
     result = run_cli([*family_run_args(folder), "hydra.run.dir=run"], tmp_path)
     assert_refused(result, tmp_path, "no question-answering class", "BertGenerationConfig")
