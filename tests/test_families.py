@@ -324,3 +324,48 @@ def test_tokenizer_without_offsets_is_refused(tmp_path, tiny_qa_checkpoint):
     shutil.copy(Path(embedded_model_path()) / "vocab.txt", folder)
     result = run_cli([*family_run_args(folder), "hydra.run.dir=run"], tmp_path)
     assert_refused(result, tmp_path, "no fast (Rust) tokenizer", "offset mappings")
+
+
+def test_a_run_stops_when_labels_miss_their_answers(tmp_path):
+    """Answers that start inside a word the tokenizer keeps whole ("7" of "1817"): no token
+    span equals them, the label check names them and the run stops before training."""
+    context = "The bridge over the river opened in 1817 and closed in 1901 after a flood."
+    start = context.index("1817") + 3
+    records = [
+        {
+            "id": f"q{i}",
+            "context": context,
+            "question": "When did it open?",
+            "answers": {"text": ["7"], "answer_start": [start]},
+        }
+        for i in range(8)
+    ]
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in records))
+    args = [
+        *SINGLE_RUN,
+        "data=files",
+        f"data.train_file={data}",
+        f"data.validation_file={data}",
+        "hydra.run.dir=run",
+    ]
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 2, (result.stdout + result.stderr)[-2000:]
+    assert "Label check failed: only 0.00% of the 8 labelled" in result.stderr
+    assert "q0: gold '7', labels give '1817'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # stopped before the run directory
+    passing = run_cli([*args[:-1], "data.min_label_recovery=0", "hydra.run.dir=run2"], tmp_path)
+    assert passing.returncode == 0, passing.stderr[-2000:]
+    assert "labels   0.00% of 8 labelled train windows" in passing.stderr
+
+
+def test_min_label_recovery_must_be_a_share():
+    from omegaconf import OmegaConf
+
+    from qaexp.checks import validate_settings
+    from tests.conftest import compose
+
+    cfg = OmegaConf.to_object(compose(["model=tiny", "data.min_label_recovery=1.5"]))
+    with pytest.raises(QAExpError, match=r"data\.min_label_recovery=1\.5"):
+        validate_settings(cfg)

@@ -132,8 +132,9 @@ def require_label_recovery(check: LabelCheck, threshold: float) -> None:
     raise QAExpError(
         f"Label check failed: only {check.recovery:.2%} of the {check.labelled} labelled "
         f"training windows decode back to their gold answer through the tokenizer's offsets "
-        f"(data.min_label_recovery={threshold}). For example {shown}. The tokenizer's offsets "
-        "do not line up with the context (offsets that overlap or include spaces), or the "
-        "answers' answer_start does not match their text; check model.tokenizer and the "
-        "data, or lower data.min_label_recovery to train on these labels anyway."
+        f"(data.min_label_recovery={threshold}). For example {shown}. Either the tokenizer's "
+        "offsets do not line up with the context (offsets that overlap or include spaces), "
+        "or the answers begin or end inside words the tokenizer keeps whole, or their "
+        "answer_start points at the wrong place; check model.tokenizer and the data, or "
+        "lower data.min_label_recovery to train on these labels anyway."
     )
