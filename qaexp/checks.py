@@ -55,6 +55,11 @@ def validate_settings(cfg: QAExpConfig) -> None:
             f"hardware.dataloader_workers={workers}: must be 0 or more worker processes, or "
             "null for the default (0 on the CPU, a few per GPU)."
         )
+    if not 0 <= cfg.data.min_label_recovery <= 1:
+        raise QAExpError(
+            f"data.min_label_recovery={cfg.data.min_label_recovery}: must be a share in [0, 1] "
+            "(0.99: stop when more than 1% of the training labels miss their answer)."
+        )
     warn_static_compile(cfg)
     for key in ("data.max_train_samples", "data.max_eval_samples"):
         value = _get(cfg, key)

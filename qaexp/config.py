@@ -99,7 +99,9 @@ class ModelConfig:
     init: ModelInit = ModelInit.pretrained
     # config overrides for init=random (e.g. hidden_size, num_hidden_layers)
     architecture: dict[str, Any] = field(default_factory=dict)
-    attn_implementation: str | None = "sdpa"
+    # null: SDPA where the model supports it, else eager (DeBERTa-v2/v3); or eager, sdpa,
+    # flash_attention_2, flex_attention where the model has it (said in the run block)
+    attn_implementation: str | None = None
 
 
 @dataclass
@@ -146,6 +148,9 @@ class DataConfig:
     max_train_samples: int | None = None  # the first N examples, as HF's scripts do
     max_eval_samples: int | None = None
     num_proc: int | None = None  # parallel feature building (Dataset.map num_proc)
+    # The label check: the least share of labelled train windows whose labels decode back
+    # (through the tokenizer's offsets) to their gold answer; below it the run stops.
+    min_label_recovery: float = 0.99
     cache_dir: str | None = None  # datasets cache; HF_DATASETS_CACHE when null
 
 

@@ -12,6 +12,12 @@ through the tokenizer's sequence ids rather than token types.
 Windows are not padded unless ``pad_to_max_length=True`` (the seed's behaviour): batches are
 padded by the collator, which keeps training on real tokens.
 
+Offsets are normalised for every tokenizer family (``normalise_spans``): SentencePiece "▁"
+tokenizers (DeBERTa-v2/v3, XLM-R) can give a token the space before it, or the span of the
+character after it, so that it overlaps its neighbour (huggingface/tokenizers#1775); a context
+token's span starts at its first non-space character, ends after its last one, and never
+reaches into the next token. Labels and answers built from them carry no surrounding spaces.
+
 ``train_feature_columns``/``eval_feature_columns`` return the same windows as an Arrow table
 built from flat per-token NumPy arrays, and ``build_features`` maps those: no padded
 (windows, width) arrays to convert and strip, and no Python object per token or offset pair
@@ -83,12 +89,50 @@ class _Windows:
         return pa.ListArray.from_arrays(pa.array(self.row_offsets), values)
 
 
+# Every code point Python's str.isspace() calls whitespace (the tokenizers split on these).
+_WHITESPACE = np.array([c for c in range(0x3100) if chr(c).isspace()], dtype=np.uint32)
+
+
+def normalise_spans(
+    spans: np.ndarray,
+    context: np.ndarray,
+    token_text: np.ndarray,
+    text: str,
+) -> np.ndarray:
+    """Context token spans that start at their first non-space character, end after their
+    last one and never overlap the next context token (which keeps the character). A token
+    of spaces only, or one whose character the next token holds, gets an empty span.
+
+    ``token_text`` (tokens,) is where each token's own context starts in ``text``, the batch's
+    contexts joined; spans (tokens, 2) are [start, end) within the token's context. Only
+    context tokens change; a context's tokens are consecutive within a window.
+    """
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    index = np.arange(len(codes) + 1)
+    solid = np.append(~np.isin(codes, _WHITESPACE), True)  # a sentinel past the end
+    next_solid = np.minimum.accumulate(np.where(solid, index, len(codes))[::-1])[::-1]
+    last_solid = np.maximum.accumulate(np.where(solid, index, -1))
+    # Other tokens' spans are in the question's characters: read as empty spans at 0 here.
+    begin = np.where(context, spans[:, 0] + token_text, 0)
+    end = np.where(context, spans[:, 1] + token_text, 0)
+    start = np.minimum(next_solid[begin], end)
+    stop = np.maximum(last_solid[np.maximum(end - 1, 0)] + 1, start)
+    stop = np.where(end > begin, stop, start)
+    # The next token of the same context, when there is one, keeps the characters it shares.
+    following = np.append(context[1:], False) & context
+    next_start = np.append(start[1:], np.iinfo(np.int64).max)
+    stop = np.maximum(np.where(following, np.minimum(stop, next_start), stop), start)
+    normalised = np.stack([start, stop], axis=1) - token_text[:, None]
+    return np.where(context[:, None], normalised, spans)
+
+
 def _windows(
     examples: dict[str, list],
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     stride: int,
     pad_to_max_length: bool,
+    normalise_offsets: bool = True,
 ) -> _Windows:
     """The batch's windows as flat arrays: the tokenizer's per-window lists go through one
     C-level pass per column, with no per-token Python and no padding to convert and strip."""
@@ -108,6 +152,13 @@ def _windows(
     sequence = chain.from_iterable(enc.sequence_ids for enc in encoded.encodings)
     context = np.array(list(sequence), dtype=np.float32) == _context_sequence_index(tokenizer)
     example_index = np.asarray(encoded["overflow_to_sample_mapping"], dtype=np.int64)
+    if normalise_offsets:
+        contexts = examples["context"]
+        context_start = np.zeros(len(contexts), dtype=np.int64)
+        np.cumsum([len(c) for c in contexts[:-1]], out=context_start[1:])
+        window = np.repeat(np.arange(len(lengths)), lengths)
+        token_text = context_start[example_index[window]]
+        spans = normalise_spans(spans, context, token_text, "".join(contexts))
     return _Windows(row_offsets, inputs, spans, context, example_index)
 
 
@@ -177,10 +228,15 @@ def train_feature_columns(
     max_length: int,
     stride: int,
     pad_to_max_length: bool = False,
+    normalise_offsets: bool = True,
+    label_check: bool = False,
 ) -> pa.Table:
     """`prepare_train_features` as an Arrow table: what `build_features` stores (no Python
-    object per token, so building and writing the cache is fast)."""
-    windows = _windows(examples, tokenizer, max_length, stride, pad_to_max_length)
+    object per token, so building and writing the cache is fast). With `label_check`, also
+    the LABEL_CHECK_COLUMNS: what each window's labels decode to, for qaexp's label check."""
+    windows = _windows(
+        examples, tokenizer, max_length, stride, pad_to_max_length, normalise_offsets
+    )
     answer_start, answer_length = _first_answers(examples["answers"])
     start_char = answer_start[windows.example_index]
     end_char = start_char + answer_length[windows.example_index]
@@ -194,7 +250,42 @@ def train_feature_columns(
     columns = _model_input_columns(windows)
     columns["start_positions"] = pa.array(starts.astype(np.int64, copy=False))
     columns["end_positions"] = pa.array(ends.astype(np.int64, copy=False))
+    if not label_check:
+        return pa.table(columns)
+    label_start, label_end = labelled_characters(windows, starts, ends)
+    columns[LABEL_START_CHAR] = pa.array(label_start)
+    columns[LABEL_END_CHAR] = pa.array(label_end)
+    ids = pa.array(examples["id"], type=pa.string())
+    columns["example_id"] = ids.take(pa.array(windows.example_index))
     return pa.table(columns)
+
+
+# The label check's columns of the train windows (read and dropped before training):
+# the context characters [start, end) the labelled tokens cover, NO_LABEL where the window
+# has no answer, BROKEN_LABEL where the labelled tokens do not hold the answer's characters
+# alone (end before start, or a neighbour's offsets reaching into the span).
+LABEL_START_CHAR, LABEL_END_CHAR = "label_start_char", "label_end_char"
+LABEL_CHECK_COLUMNS = (LABEL_START_CHAR, LABEL_END_CHAR, "example_id")
+NO_LABEL, BROKEN_LABEL = -1, -2
+
+
+def labelled_characters(
+    windows: _Windows, starts: np.ndarray, ends: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per window, the context characters its start/end labels decode to through the
+    offsets (see LABEL_START_CHAR): a direct decoding to compare with the gold answer."""
+    begins = windows.row_offsets[:-1].astype(np.int64)
+    labelled = starts > 0
+    first, last = begins + starts, begins + ends
+    span_start = windows.spans[first, 0]
+    span_end = windows.spans[last, 1]
+    before, after = np.maximum(first - 1, 0), np.minimum(last + 1, len(windows.spans) - 1)
+    spills_before = windows.context[before] & (windows.spans[before, 1] > span_start)
+    spills_after = windows.context[after] & (windows.spans[after, 0] < span_end)
+    broken = (ends < starts) | spills_before | spills_after
+    start_char = np.where(broken, BROKEN_LABEL, span_start)
+    end_char = np.where(broken, BROKEN_LABEL, span_end)
+    return np.where(labelled, start_char, NO_LABEL), np.where(labelled, end_char, NO_LABEL)
 
 
 def eval_feature_columns(
@@ -203,9 +294,15 @@ def eval_feature_columns(
     max_length: int,
     stride: int,
     pad_to_max_length: bool = False,
+    normalise_offsets: bool = True,
 ) -> pa.Table:
-    """`prepare_eval_features` as an Arrow table: what `build_features` stores."""
-    windows = _windows(examples, tokenizer, max_length, stride, pad_to_max_length)
+    """`prepare_eval_features` as an Arrow table: what `build_features` stores. Tokens whose
+    normalised span is empty (spaces only) are left out of the context: never an answer."""
+    windows = _windows(
+        examples, tokenizer, max_length, stride, pad_to_max_length, normalise_offsets
+    )
+    if normalise_offsets:
+        windows.context &= windows.spans[:, 1] > windows.spans[:, 0]
     columns = _model_input_columns(windows)
     columns["offset_mapping"] = _context_offsets(windows)
     ids = pa.array(examples["id"], type=pa.string())
@@ -241,7 +338,7 @@ def prepare_eval_features(
 
 
 # Bump when the builders' output changes, so cached features from older code are not reused.
-FEATURES_VERSION = 2  # 2: labels of left-padding tokenizers fixed
+FEATURES_VERSION = 3  # 2: labels of left-padding tokenizers fixed; 3: normalised offsets
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -258,7 +355,12 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     state.pop("truncation", None)
     state.pop("padding", None)
     return Hasher.hash(
-        [json.dumps(state, sort_keys=True), tokenizer.padding_side, tokenizer.truncation_side]
+        [
+            json.dumps(state, sort_keys=True),
+            tokenizer.padding_side,
+            tokenizer.truncation_side,
+            list(tokenizer.model_input_names),  # token_type_ids or not
+        ]
     )
 
 
@@ -269,12 +371,14 @@ def build_features(
     stride: int,
     train: bool,
     num_proc: int | None = None,
+    normalise_offsets: bool = True,
 ) -> datasets.Dataset:
     """Train or eval windows of a whole dataset, cached by the datasets library.
 
     The cache key is the examples' fingerprint plus the tokenizer, max_length and stride, so
     any run or sweep job with the same settings reuses the windows instead of rebuilding; a
-    cached file that fails its checksum is rebuilt (qaexp.caches).
+    cached file that fails its checksum is rebuilt (qaexp.caches). Train windows carry the
+    LABEL_CHECK_COLUMNS (drop them before training).
     """
     from datasets.fingerprint import Hasher
 
@@ -286,14 +390,23 @@ def build_features(
             tokenizer_fingerprint(tokenizer),
             max_length,
             stride,
+            normalise_offsets,
             FEATURES_VERSION,
         ]
     )
+    fn_kwargs = {
+        "tokenizer": tokenizer,
+        "max_length": max_length,
+        "stride": stride,
+        "normalise_offsets": normalise_offsets,
+    }
+    if train:
+        fn_kwargs["label_check"] = True
     build = partial(
         _map_windows,
         examples,
         builder,
-        {"tokenizer": tokenizer, "max_length": max_length, "stride": stride},
+        fn_kwargs,
         fingerprint,
         num_proc,
     )

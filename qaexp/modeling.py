@@ -21,12 +21,15 @@ from qaexp.hub import ensure_hub_reachable
 
 log = logging.getLogger(__name__)
 
+KEY = "model.name_or_path"  # the setting error messages name
+
 
 # A local folder must hold one of each group to be loaded as that part of a checkpoint.
 TOKENIZER_FILES = (
     "tokenizer.json",
     "vocab.txt",
     "vocab.json",
+    "spm.model",  # DeBERTa-v2/v3 (converted to a fast tokenizer on load)
     "spiece.model",
     "tokenizer.model",
     "sentencepiece.bpe.model",
@@ -121,19 +124,143 @@ def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, config, name: str, 
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """The run's tokenizer, checked against the model's config (see check_tokenizer_fits)."""
+    """The run's tokenizer, checked against the model's config (see check_tokenizer_fits),
+    giving token_type_ids only when the model uses them."""
     name = cfg.tokenizer or cfg.name_or_path
     key = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
     tokenizer = _require_fast(_from_pretrained(AutoTokenizer, name, key), name, key)
-    check_tokenizer_fits(tokenizer, model_config(cfg), name, key)
+    config = model_config(cfg)
+    check_tokenizer_fits(tokenizer, config, name, key)
+    return fit_model_inputs(tokenizer, config)
+
+
+# The attention implementations transformers can load, each with the class flag saying the
+# model supports it; "eager" (plain PyTorch) is always there.
+ATTENTION_FLAGS = {
+    "sdpa": "_supports_sdpa",
+    "flash_attention_2": "_supports_flash_attn",
+    "flash_attention_3": "_supports_flash_attn",
+    "flex_attention": "_supports_flex_attn",
+}
+
+
+def qa_model_class(config, name: str, key: str) -> type[PreTrainedModel]:
+    """The question-answering class transformers has for the config's model type."""
+    try:
+        return AutoModelForQuestionAnswering._model_mapping[type(config)]
+    except KeyError:
+        raise QAExpError(
+            f"{key}={name} is a {type(config).__name__} ({config.model_type}) model, for which "
+            "transformers has no question-answering class (no ...ForQuestionAnswering): qaexp "
+            "fine-tunes extractive QA heads. Use an encoder such as BERT, RoBERTa, DeBERTa-v3, "
+            "ModernBERT, XLM-RoBERTa or ELECTRA (the options in conf/model/)."
+        ) from None
+
+
+def attention_implementations(model_class: type[PreTrainedModel]) -> list[str]:
+    """The attention implementations `model_class` supports, eager first."""
+    flags = ATTENTION_FLAGS.items()
+    return ["eager", *(name for name, flag in flags if getattr(model_class, flag, False))]
+
+
+def choose_attention(cfg: ModelConfig, config) -> str:
+    """model.attn_implementation, or (null) SDPA where the model supports it, else eager;
+    refused in one paragraph when the model cannot take it."""
+    supported = attention_implementations(qa_model_class(config, cfg.name_or_path, KEY))
+    wanted = cfg.attn_implementation
+    if wanted is None:
+        return "sdpa" if "sdpa" in supported else "eager"
+    if wanted not in supported:
+        raise QAExpError(
+            f"model.attn_implementation={wanted}: {type(config).__name__} models "
+            f"({cfg.name_or_path}) support {', '.join(supported)}. Set one of these, or "
+            "model.attn_implementation=null to take SDPA where the model has it, else eager."
+        )
+    if wanted == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            raise QAExpError(
+                "model.attn_implementation=flash_attention_2 needs the flash-attn package and "
+                "a CUDA GPU, which this machine lacks; use model.attn_implementation=sdpa."
+            )
+    return wanted
+
+
+def describe_inputs(cfg: ModelConfig) -> str:
+    """The run block's model line: the attention implementation and the token types."""
+    config = model_config(cfg)
+    supported = attention_implementations(qa_model_class(config, cfg.name_or_path, KEY))
+    chosen = choose_attention(cfg, config)
+    how = "set" if cfg.attn_implementation else "chosen"
+    types = "token_type_ids" if uses_token_types(config) else "no token_type_ids"
+    return f"attention {chosen} ({how}; supports {', '.join(supported)}), {types}"
+
+
+def uses_token_types(config) -> bool:
+    """Whether the model reads token_type_ids: its forward takes them and it has more than
+    one token type (DeBERTa-v3: type_vocab_size 0; RoBERTa, XLM-R: 1; ModernBERT: none)."""
+    import inspect
+
+    model_class = AutoModelForQuestionAnswering._model_mapping.get(type(config), None)
+    takes = model_class is not None and (
+        "token_type_ids" in inspect.signature(model_class.forward).parameters
+    )
+    return takes and (getattr(config, "type_vocab_size", 0) or 0) >= 2
+
+
+def fit_model_inputs(tokenizer: PreTrainedTokenizerBase, config) -> PreTrainedTokenizerBase:
+    """The tokenizer without token_type_ids when the model does not use them (no column
+    in the windows, none in the batches)."""
+    if not uses_token_types(config) and "token_type_ids" in tokenizer.model_input_names:
+        tokenizer.model_input_names = [
+            n for n in tokenizer.model_input_names if n != "token_type_ids"
+        ]
     return tokenizer
+
+
+# Model types whose position ids start after the padding index (RoBERTa's scheme): they take
+# max_position_embeddings - pad_token_id - 1 tokens.
+PADDING_OFFSET_POSITIONS = {
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "data2vec-text",
+}
+
+
+def max_positions(config) -> int | None:
+    """The longest input the model's position embeddings take (None: no limit, as for
+    DeBERTa with relative positions only)."""
+    if config.model_type.startswith("deberta") and not getattr(
+        config, "position_biased_input", True
+    ):
+        return None
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and config.model_type in PADDING_OFFSET_POSITIONS:
+        limit -= (config.pad_token_id or 0) + 1
+    return limit
+
+
+def check_max_length(cfg: ModelConfig, max_length: int) -> None:
+    """max_length must fit the model's position embeddings."""
+    config = model_config(cfg)
+    limit = max_positions(config)
+    if limit is not None and max_length > limit:
+        raise QAExpError(
+            f"max_length={max_length} is longer than {cfg.name_or_path} takes: its "
+            f"{type(config).__name__} has position embeddings for {limit} tokens "
+            f"(config.json max_position_embeddings). Use max_length={limit} or less."
+        )
 
 
 def model_config(cfg: ModelConfig):
     """The model's config: the checkpoint's, with ``cfg.architecture`` applied for
     init=random; refused when its head is not a question-answering head."""
-    config = _from_pretrained(AutoConfig, cfg.name_or_path, "model.name_or_path")
-    check_qa_config(config, cfg.name_or_path, "model.name_or_path")
+    config = _from_pretrained(AutoConfig, cfg.name_or_path, KEY)
+    check_qa_config(config, cfg.name_or_path, KEY)
+    qa_model_class(config, cfg.name_or_path, KEY)
     if cfg.init == ModelInit.random:
         for key, value in cfg.architecture.items():
             if not hasattr(config, key):
@@ -156,10 +283,10 @@ def _require_fast(tokenizer: PreTrainedTokenizerBase, name: str, key: str):
 def load_model(cfg: ModelConfig) -> PreTrainedModel:
     """The QA model: pretrained weights (a fresh QA head when the checkpoint has none), or a
     random initialisation of the checkpoint's architecture with ``cfg.architecture`` applied."""
-    kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    config = model_config(cfg)  # refuses a head that is not a QA head before loading weights
+    kwargs = {"attn_implementation": choose_attention(cfg, config)}
     if cfg.init == ModelInit.random:
-        return AutoModelForQuestionAnswering.from_config(model_config(cfg), **kwargs)
-    model_config(cfg)  # refuses a head that is not a QA head before loading weights
+        return AutoModelForQuestionAnswering.from_config(config, **kwargs)
     model = _from_pretrained(
         AutoModelForQuestionAnswering, cfg.name_or_path, "model.name_or_path", **kwargs
     )
@@ -223,7 +350,9 @@ def load_qa_checkpoint(
     tokenizer = _require_fast(_from_pretrained(AutoTokenizer, name_or_path, key), name_or_path, key)
     config = _from_pretrained(AutoConfig, name_or_path, key)
     check_qa_config(config, name_or_path, key)
+    qa_model_class(config, name_or_path, key)
     check_tokenizer_fits(tokenizer, config, name_or_path, key)
+    tokenizer = fit_model_inputs(tokenizer, config)
     model = _from_pretrained(AutoModelForQuestionAnswering, name_or_path, key)
     if not is_qa_checkpoint(model):
         log.warning(

@@ -24,7 +24,7 @@ from qaexp.analysis import QuestionSet, slice_scalars
 from qaexp.config import CheckpointPolicy, DataSource, QAExpConfig, as_dict
 from qaexp.errors import RunInterrupted
 from qaexp.evaluation import AnswerSearch, EvalResult, evaluate
-from qaexp.modeling import describe_model
+from qaexp.modeling import describe_inputs, describe_model
 from qaexp.tracking import RunLabels, Tracker, make_trackers
 from qaexp.tracking.rundir import EpochStats, RunRecorder
 from qaexp.tracking.trial import TrialPruned, TrialReporter, in_search
@@ -62,6 +62,9 @@ class RecordedRun:
                 else ""
             )
             + f"{counts['eval_windows']} eval ({counts['eval_examples']} examples)",
+            f"  cost     {window_cost(counts, cfg.max_length)}",
+            f"  model    {describe_inputs(cfg.model)}",
+            f"  labels   {self.data.labels.describe() if self.data.labels else 'not checked'}",
             f"  devices  {acc.device}, precision {acc.mixed_precision}, {processes}",
         ]
         if cfg.trainer.epochs:
@@ -215,6 +218,18 @@ def _roles(names: tuple | list, suffix: str = "") -> str:
         f"{name}{suffix} ({role})"
         for name, role in zip(names, ("training", "evaluation"), strict=True)
         if name
+    )
+
+
+def window_cost(counts: dict, max_length: int) -> str:
+    """Windows per evaluation question and the attention they cost: self-attention scores
+    every pair of tokens in a window, so at most max_length² pairs per window (a longer
+    window means fewer windows but quadratically more pairs in each)."""
+    per_question = counts["eval_windows"] / max(counts["eval_examples"], 1)
+    pairs = per_question * max_length**2
+    return (
+        f"{per_question:.2f} windows per eval question, at most {pairs / 1e6:.2f}M attention "
+        f"pairs per question and layer ({max_length}² per window)"
     )
 
 

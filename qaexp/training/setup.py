@@ -21,9 +21,15 @@ from qaexp.checks import validate_settings, validate_windows
 from qaexp.config import DataConfig, DataSource, ModelInit, QAExpConfig
 from qaexp.data import SPLITS, check_answers, check_examples, load_raw_datasets
 from qaexp.data.sources import FILE_SPLIT_KEYS
-from qaexp.features import build_features
-from qaexp.modeling import describe_model, is_qa_checkpoint, load_tokenizer
+from qaexp.features import LABEL_CHECK_COLUMNS, build_features
+from qaexp.modeling import check_max_length, describe_model, is_qa_checkpoint, load_tokenizer
 from qaexp.tracking.share import check_push_settings
+from qaexp.training.labels import (
+    LabelCheck,
+    check_eval_reachability,
+    check_train_labels,
+    require_label_recovery,
+)
 from qaexp.training.runtime import loader_options
 
 log = logging.getLogger(__name__)
@@ -41,14 +47,18 @@ class RunData:
     unanswerable: bool = False  # SQuAD v2.0: questions without an answer are scored as such
     # split -> {source, examples, sha256}: what the run trains and evaluates on (`fingerprint`)
     fingerprint: dict = field(default_factory=dict)
+    labels: LabelCheck | None = None  # the label check (training/labels.py)
 
     @property
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, int | float | None]:
+        labels = self.labels or LabelCheck()
         return {
             "train_examples": len(self.raw["train"]) if "train" in self.raw else 0,
             "train_windows": len(self.train_windows) if self.train_windows else 0,
             "eval_examples": len(self.raw["validation"]),
             "eval_windows": len(self.eval_windows),
+            "label_recovery": labels.recovery,
+            "eval_answers_reachable": labels.reachability,
         }
 
     @property
@@ -72,6 +82,7 @@ def load_inputs(cfg: QAExpConfig) -> tuple[PreTrainedTokenizerBase, datasets.Dat
     check_run_settings(cfg)
     splits = SPLITS if cfg.trainer.epochs else ("validation",)
     tokenizer = load_tokenizer(cfg.model)
+    check_max_length(cfg.model, cfg.max_length)
     raw = load_raw_datasets(cfg.data, splits)
     unanswerable = check_answers(cfg.data, raw)
     raw, _ = check_examples(raw, allow_unanswerable=unanswerable)
@@ -88,7 +99,15 @@ def prepare_data(cfg: QAExpConfig) -> RunData:
         build_features(raw["train"], tokenizer, train=True, **kwargs) if "train" in raw else None
     )
     evaluation = build_features(raw["validation"], tokenizer, train=False, **kwargs)
-    return RunData(tokenizer, raw, train, evaluation, unanswerable, fingerprint(cfg.data, raw))
+    labels = LabelCheck()
+    if train is not None:
+        labels = check_train_labels(train, raw["train"])
+        require_label_recovery(labels, cfg.data.min_label_recovery)
+        train = train.remove_columns(list(LABEL_CHECK_COLUMNS))
+    check_eval_reachability(evaluation, raw["validation"], labels)
+    return RunData(
+        tokenizer, raw, train, evaluation, unanswerable, fingerprint(cfg.data, raw), labels
+    )
 
 
 def fingerprint(cfg: DataConfig, raw: datasets.DatasetDict) -> dict:
