@@ -242,7 +242,8 @@ def hydra_main(cfg: DictConfig) -> float:
 def main() -> None:
     """Console entry. Under an external launch (torchrun, srun) every rank runs Hydra; ranks
     other than 0 write no Hydra files or logs into the shared run directory."""
-    from hydra_plugins.qaexp_launcher.slurm import OTHER_RANK_OVERRIDES, UNFINISHED_JOBS
+    import hydra_plugins.qaexp_launcher.slurm as slurm_launcher
+    from hydra_plugins.qaexp_launcher.slurm import OTHER_RANK_OVERRIDES
     from qaexp.launch import external_rank, external_world_size
 
     if external_world_size() > 1 and external_rank() != 0:
@@ -255,7 +256,8 @@ def main() -> None:
         sys.exit(2)
     SWEEP_FAILURES.clear()
     hydra_main()
-    if SWEEP_FAILURES or UNFINISHED_JOBS:
+    # The module's attribute, read now: Hydra's plugin scan runs the module again.
+    if SWEEP_FAILURES or slurm_launcher.UNFINISHED_JOBS:
         sys.exit(2)  # the sweep's end named the failed (or, on SLURM, unfinished) jobs
 
 

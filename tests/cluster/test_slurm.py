@@ -204,23 +204,26 @@ def test_cancelled_sweep_resumes_with_the_command_it_prints(slurm, uninterrupted
 
 
 def test_job_out_of_requeues_fails_consistently(slurm, tmp_path):
-    """A 2-minute job with no requeue left (max_num_timeout=0) gets SIGUSR2 (30 s before its
-    limit, as the submitted script asks; here sent in epoch 2): it saves its state and ends
-    FAILED in SLURM (not COMPLETED), `interrupted` in its run folder, and the sweep ends
-    with exit 2 and one paragraph with the resume command, without a traceback."""
-    args = [*RESUME_RUN, "hydra.launcher.timeout_min=2", "hydra.launcher.max_num_timeout=0"]
-    proc = start_sweep(slurm, args, tmp_path)
-    wait_for(lambda: epochs_recorded(tmp_path) >= 1, proc)
+    """A 3-minute job with no requeue left (max_num_timeout=0) and more training than fits:
+    SLURM sends SIGUSR2 45 s before the limit (a quarter of it, not the 120 s default), the
+    run saves its state and the job ends FAILED in SLURM (not COMPLETED), `interrupted` in
+    its run folder, and the sweep ends with exit 2 and one paragraph with the resume
+    command, without a traceback."""
+    args = [*RESUME_RUN, "trainer.epochs=50", "hydra.launcher.timeout_min=3"]
+    proc = start_sweep(slurm, [*args, "hydra.launcher.max_num_timeout=0"], tmp_path)
+    wait_for(lambda: len(sweep_folders(tmp_path)) == 1, proc)
     (sweep,) = sweep_folders(tmp_path)
-    (job_id,) = submitted_job_ids(sweep)
+    wait_for(lambda: any((sweep / ".submitit").rglob("*submission.sh")), proc)
     script = next((sweep / ".submitit").rglob("*submission.sh"))
-    assert "--signal=USR2@30" in script.read_text()  # a quarter of the 2-minute limit
-    slurm.run("scancel", "--signal=USR2", job_id, check=False)  # unless SLURM sent it first
+    assert "--signal=USR2@45" in script.read_text()
     _, stderr = proc.communicate(timeout=600)
     assert_one_paragraph_for_unfinished(proc, stderr, sweep)
-    assert slurm.wait_for_state(job_id, {"FAILED", "COMPLETED"}, timeout=60) == "FAILED"
+    (job_id,) = submitted_job_ids(sweep)
+    assert slurm.job_state(job_id) == "FAILED"
+    assert f"SLURM job {job_id} FAILED" in stderr
     assert status_of(sweep / "0") == "interrupted"
     log = (sweep / "0" / "qaexp.log").read_text()
+    assert "SIGUSR2 received" in log
     assert f"SLURM job {job_id} is not requeued (timed-out too many times)" in log
     assert "Requeueing" not in log and "Traceback" not in log
 
