@@ -255,6 +255,7 @@ def main() -> None:
         print(err, file=sys.stderr)  # before Hydra: no logging configured yet
         sys.exit(2)
     SWEEP_FAILURES.clear()
+    slurm_launcher.UNFINISHED_JOBS.clear()
     hydra_main()
     # The module's attribute, read now: Hydra's plugin scan runs the module again.
     if SWEEP_FAILURES or slurm_launcher.UNFINISHED_JOBS:

@@ -90,8 +90,8 @@ class FakeJob:
             result_pickle=folder / f"{job_id}_result.pkl", stderr=folder / f"{job_id}.err"
         )
 
-    def result(self):
-        return "the job's JobReturn"
+    def results(self):
+        return ["the job's JobReturn"]
 
 
 def fake_launcher(tmp_path: Path, argv_sweep_dir: Path) -> launcher.SlurmLauncher:
@@ -148,7 +148,7 @@ def test_waiting_requeued_and_unfinished_jobs(tmp_path, monkeypatch, caplog):
     assert launcher.UNFINISHED_JOBS == [
         "#1 (seed=2): SLURM job 7_1 CANCELLED, run folder interrupted with its state saved"
     ]
-    paragraph = slurm._unfinished_paragraph(sweep)
+    paragraph = slurm._unfinished_paragraph(sweep, launcher.UNFINISHED_JOBS)
     assert "\n" not in paragraph
     command = re.search(r"Resume the sweep with: (.*?) \(stopped", paragraph)[1]
     assert command == (

@@ -188,8 +188,8 @@ class SlurmLauncher(SubmititSlurmLauncher):
     def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
         """Submit the jobs as one array, follow them until each has ended, and return their
         JobReturns; a job that ended without a result gets a NaN result here and is named, with
-        the resume command, at the end."""
-        UNFINISHED_JOBS.clear()
+        the resume command, at the end (of this batch, for a sweeper that launches several)."""
+        unfinished_before = len(UNFINISHED_JOBS)
         executor = self._executor()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -214,8 +214,9 @@ class SlurmLauncher(SubmititSlurmLauncher):
             self._job_return(index, list(overrides), job, ended[index])
             for index, overrides, job in zip(indices, job_overrides, jobs, strict=True)
         ]
-        if UNFINISHED_JOBS:
-            log.error("%s", self._unfinished_paragraph(sweep_dir))
+        if len(UNFINISHED_JOBS) > unfinished_before:
+            unfinished = UNFINISHED_JOBS[unfinished_before:]
+            log.error("%s", self._unfinished_paragraph(sweep_dir, unfinished))
         return returns
 
     def _executor(self) -> Any:
@@ -284,12 +285,12 @@ class SlurmLauncher(SubmititSlurmLauncher):
     def _job_return(self, index: int, overrides: list[str], job: Any, state: str) -> JobReturn:
         """The job's JobReturn; one without a result (cancelled, out of requeues, killed) is
         recorded in UNFINISHED_JOBS and counts as a NaN result (as a failed job does)."""
-        from submitit.core.utils import FailedJobError
+        from submitit.core.utils import FailedJobError, UncompletedJobError
 
-        if job.paths.result_pickle.exists():
+        if job.paths.result_pickle.exists():  # rank 0's; a job of several tasks waits for all
             try:
-                return job.result()
-            except FailedJobError as err:  # raised outside qaexp's own error boundary
+                return job.results()[0]
+            except (FailedJobError, UncompletedJobError) as err:  # outside qaexp's boundary
                 log.error("Sweep job #%d failed outside the run: %s", index, err)
                 UNFINISHED_JOBS.append(self._unfinished_line(index, overrides, job, state))
         else:
@@ -316,7 +317,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
         settings = " ".join(filter_overrides(overrides)) or "defaults"
         return f"#{index} ({settings}): SLURM job {job.job_id} {state}, run folder {folder}"
 
-    def _unfinished_paragraph(self, sweep_dir: Path) -> str:
+    def _unfinished_paragraph(self, sweep_dir: Path, unfinished: list[str]) -> str:
         """One paragraph: which jobs did not finish, and the command that resumes the sweep."""
         args = [
             a
@@ -331,7 +332,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
         )  # fmt: skip
         max_requeues = self.params.get("max_num_timeout")
         return (
-            f"{len(UNFINISHED_JOBS)} sweep job(s) did not finish: {'; '.join(UNFINISHED_JOBS)}. "
+            f"{len(unfinished)} sweep job(s) did not finish: {'; '.join(unfinished)}. "
             "A job ends so when it is cancelled (scancel), runs out of requeues after time "
             f"limits (hydra.launcher.max_num_timeout={max_requeues}) or is killed. Resume the "
             f"sweep with: {command} (stopped jobs continue from their state, finished ones keep "
