@@ -192,12 +192,32 @@ def describe_failure(err: BaseException) -> str:
     return f"{type(err).__name__}: {kind}{err}{place}"
 
 
-def log_traceback_to_file(err: BaseException) -> None:
-    """The full traceback into the run's qaexp.log only (stderr gets one paragraph)."""
+def log_traceback_to_file(err: BaseException, run_dir: Path) -> None:
+    """The full traceback into the run's qaexp.log only (stderr gets one paragraph). A rank
+    other than 0 of an external launch logs to its console only: it appends its traceback to
+    the run's qaexp.log itself, under its rank."""
     files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     text = "".join(traceback.format_exception(err))
     for handler in files:
         handler.emit(logging.LogRecord("qaexp", logging.ERROR, "", 0, text, None, None))
+    if not files and (run_dir / "qaexp.log").is_file():
+        from qaexp.launch import external_rank
+
+        with open(run_dir / "qaexp.log", "a", encoding="utf-8") as log_file:
+            log_file.write(f"[rank {external_rank()}] {text}")
+
+
+def resume_hint(run_dir: Path) -> str:
+    """What continues a failed run from its saved state: this run's command with its folder
+    (a new launch, e.g. under srun, would otherwise start a new run), or the sweep's."""
+    if not HydraConfig.initialized():
+        return f"add hydra.run.dir={run_dir} trainer.resume=true to its command"
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        sweep_dir = Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir)
+        return f"run the sweep's command again with hydra.sweep.dir={sweep_dir} trainer.resume=true"
+    kept = [o for o in hydra_cfg.overrides.task if not o.startswith(("trainer.resume", "hydra."))]
+    return f"python -m qaexp {' '.join([*kept, f'hydra.run.dir={run_dir}'])} trainer.resume=true"
 
 
 def mark_failed(run_dir: Path, message: str) -> None:
@@ -217,11 +237,11 @@ def report_unexpected(err: Exception, run_dir: Path) -> None:
     """The error boundary: one paragraph on stderr, the traceback in qaexp.log, the run dir
     marked failed."""
     what = describe_failure(err)
-    log_traceback_to_file(err)
+    log_traceback_to_file(err, run_dir)
     message = (
         f"The run failed: {what}. The full traceback is in {run_dir / 'qaexp.log'}; the run "
-        "directory is marked failed in summary.json (a run with a saved state continues with "
-        "trainer.resume=true once the cause is fixed)."
+        "directory is marked failed in summary.json (a run with a saved state continues, once "
+        f"the cause is fixed, with: {resume_hint(run_dir)})."
     )
     print(f"[qaexp][ERROR] - {message}", file=sys.stderr)
     if run_dir.is_dir():
@@ -271,6 +291,7 @@ BUSY_JOBS: list[str] = []
 def main() -> None:
     """Console entry. Under an external launch (torchrun, srun) every rank runs Hydra; ranks
     other than 0 write no Hydra files or logs into the shared run directory."""
+    import hydra_plugins.qaexp_launcher.slurm as slurm_launcher
     from hydra_plugins.qaexp_launcher.slurm import OTHER_RANK_OVERRIDES
     from qaexp.launch import external_rank, external_world_size
 
@@ -285,9 +306,11 @@ def main() -> None:
         sys.exit(2)
     SWEEP_FAILURES.clear()
     BUSY_JOBS.clear()
+    slurm_launcher.UNFINISHED_JOBS.clear()
     hydra_main()
-    if SWEEP_FAILURES or BUSY_JOBS:
-        sys.exit(2)  # the sweep's end named the failed jobs
+    # The module's attribute, read now: Hydra's plugin scan runs the module again.
+    if SWEEP_FAILURES or BUSY_JOBS or slurm_launcher.UNFINISHED_JOBS:
+        sys.exit(2)  # the sweep's end named the failed (busy, or on SLURM unfinished) jobs
 
 
 if __name__ == "__main__":

@@ -75,6 +75,20 @@ def export_slurm_env() -> None:
     os.environ["WORLD_SIZE"] = str(job.num_tasks)
     os.environ["LOCAL_RANK"] = str(job.local_rank)
     os.environ["LOCAL_WORLD_SIZE"] = str(job.num_tasks // job.num_nodes)
+    if job.num_tasks > 1:
+        share_cpu_threads(job.num_tasks // job.num_nodes)
+
+
+def share_cpu_threads(tasks_per_node: int) -> None:
+    """Give each task of a node its share of the CPU threads (SLURM_CPUS_PER_TASK, else the
+    cores this process may use shared by the node's tasks), as Accelerate would, but set
+    before Accelerate looks, so that no rank prints its OMP_NUM_THREADS warning."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    threads = int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
+    threads = threads or max(1, len(os.sched_getaffinity(0)) // tasks_per_node)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 def check_rank_has_its_gpu(cfg: HardwareConfig) -> None:
@@ -165,10 +179,23 @@ def requeue_after_stop(signum: int) -> bool:
         return False
     if external_rank() != 0:
         return True
-    log.warning("Requeueing SLURM job %s: it resumes from the saved state", job_id)
     submitit_handler = signal.getsignal(signal.SIGUSR2)
     if callable(submitit_handler):
-        submitit_handler(signal.SIGUSR2, None)  # checkpoints, requeues, exits
+        from submitit.core.utils import UncompletedJobError
+
+        try:
+            submitit_handler(signal.SIGUSR2, None)  # checkpoints, requeues, exits
+        except UncompletedJobError as err:  # out of requeues (hydra.launcher.max_num_timeout)
+            log.warning(
+                "SLURM job %s is not requeued (%s): it ends here with its state saved.",
+                job_id,
+                str(err).removeprefix("Job not requeued because: ").rstrip("."),
+            )
+            return False
+        except SystemExit:  # requeued: the handler exits once SLURM has taken the job back
+            log.warning("Requeueing SLURM job %s: it resumes from the saved state", job_id)
+            raise
+    log.warning("Requeueing SLURM job %s: it resumes from the saved state", job_id)
     requeued = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     if requeued.returncode != 0:
         log.warning("scontrol requeue %s failed: %s", job_id, requeued.stderr.strip())

@@ -69,21 +69,6 @@ class SlurmCluster:
             time.sleep(1)
         raise AssertionError(f"job {job_id} still {self.job_state(job_id)} after {timeout:.0f} s")
 
-    def release(self, job_id: str, timeout: float = 180) -> None:
-        """Once a requeued job is back in the queue, let it start now instead of after SLURM's
-        begin-time delay (about two minutes), which would only make the tests slower."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            requeued = self.job_field(job_id, "Restarts") not in ("0", "UNKNOWN")
-            state = self.job_state(job_id)
-            if requeued and state == "PENDING":
-                self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
-                return
-            if requeued and state == "RUNNING":
-                return
-            time.sleep(0.5)
-        raise AssertionError(f"job {job_id} was not requeued within {timeout:.0f} s")
-
 
 def _slurm_conf(root: Path, node: str, munge_socket: Path) -> str:
     return f"""\

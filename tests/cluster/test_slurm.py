@@ -1,13 +1,14 @@
 """qaexp on a real single-node SLURM: sweeps through the submitit launcher with the default
 folders, requeues (of 1- and 2-task jobs) and SIGUSR2 that resume to the same result as an
-uninterrupted run, a cancelled sweep resumed with the command its log prints, and plain
-`srun` with two tasks. Each test requeues once and releases the requeued job from SLURM's
-begin-time delay (about two minutes)."""
+uninterrupted run, a cancelled sweep and a job out of requeues resumed with the command the
+sweep prints, and plain `srun` with two tasks. The launcher releases a requeued job from
+SLURM's begin-time delay (about two minutes) itself."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -131,9 +132,12 @@ def test_interrupted_job_resumes_to_the_uninterrupted_result(
     run_dir = sweep / "0"
     wait_for(lambda: status_of(run_dir) == "interrupted", proc)
     first_segment = json.loads((run_dir / "summary.json").read_text())["wall_seconds"]
-    slurm.release(job_id)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
+    # the sweep's console followed the job, and the launcher let the requeued job start now
+    assert "SLURM: #0 running" in stderr
+    assert "SLURM: #0 pending (requeued 1x, released)" in stderr
+    assert slurm.job_field(job_id, "Restarts") == "1"
     log = (run_dir / "qaexp.log").read_text()
     assert "Resuming from" in log
     if "USR2" in interrupt:
@@ -146,11 +150,28 @@ def test_interrupted_job_resumes_to_the_uninterrupted_result(
     assert [p.name for p in sweep_folders(tmp_path)] == [sweep.name]
 
 
-def test_cancelled_sweep_resumes_with_the_command_its_log_prints(slurm, uninterrupted, tmp_path):
+def resume_command(stderr: str) -> list[str]:
+    """The arguments of the resume command the sweep's paragraph prints (after `-m qaexp`)."""
+    found = re.search(r"Resume the sweep with: python -m qaexp (.*?) \(stopped jobs", stderr)
+    assert found, stderr[-3000:]
+    return shlex.split(found[1])
+
+
+def assert_one_paragraph_for_unfinished(proc: subprocess.Popen, stderr: str, sweep: Path) -> None:
+    """Exit 2, no traceback, one paragraph naming job 0 and the resume command."""
+    assert proc.returncode == 2, stderr[-3000:]
+    assert "Traceback" not in stderr and "UncompletedJobError" not in stderr
+    (paragraph,) = [line for line in stderr.splitlines() if "did not finish" in line]
+    assert "#0 (" in paragraph and "run folder interrupted with its state saved" in paragraph
+    assert f"hydra.sweep.dir={sweep.resolve()} trainer.resume=true" in paragraph
+
+
+def test_cancelled_sweep_resumes_with_the_command_it_prints(slurm, uninterrupted, tmp_path):
     """`scancel --signal=TERM` in epoch 2 of job 0 while job 1 has completed: job 0 saves its
-    state and ends (a cancel is not requeued), the sweep fails and its log prints how to
-    resume. That command continues job 0 to the uninterrupted result and leaves job 1's
-    results as they were."""
+    state and ends (a cancel is not requeued); the sweep ends with exit 2 and one paragraph
+    (no traceback) naming job 0 and the command that resumes the sweep. That command, run
+    as printed, continues job 0 to the uninterrupted result and leaves job 1's results as
+    they were."""
     straight = uninterrupted(1)
     args = [*RESUME_RUN, "trainer.epochs=3,1"]
     proc = start_sweep(slurm, args, tmp_path)
@@ -162,20 +183,49 @@ def test_cancelled_sweep_resumes_with_the_command_its_log_prints(slurm, uninterr
     assert len(job_ids) == 2
     slurm.run("scancel", "--signal=TERM", job_ids[0])
     _, stderr = proc.communicate(timeout=600)
-    assert proc.returncode != 0
+    assert_one_paragraph_for_unfinished(proc, stderr, sweep)
+    assert f"SLURM job {job_ids[0]} FAILED" in stderr  # exit 143: not COMPLETED
     run_dir = sweep / "0"
     assert status_of(run_dir) == "interrupted"
     log = (run_dir / "qaexp.log").read_text()
     assert "Stopped by SIGTERM" in log and "Requeueing" not in log
-    resume = re.search(r"hydra\.sweep\.dir=(\S+) trainer\.resume=true", log)
-    assert resume and Path(resume[1]) == sweep
-    proc = start_sweep(slurm, [*args, *resume[0].split()], tmp_path)
+    resume = resume_command(stderr)
+    assert resume[0] == "--multirun" and "hydra/launcher=slurm" in resume
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qaexp", *resume], cwd=tmp_path, env=cluster_env(slurm),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     assert_equals_uninterrupted(run_dir, straight)
     assert "already completed: nothing to resume" in (sweep / "1" / "qaexp.log").read_text()
     assert result_files(sweep / "1") == finished
     assert (sweep / "comparison.md").is_file()
+
+
+def test_job_out_of_requeues_fails_consistently(slurm, tmp_path):
+    """A 3-minute job with no requeue left (max_num_timeout=0) and more training than fits:
+    SLURM sends SIGUSR2 45 s before the limit (a quarter of it, not the 120 s default), the
+    run saves its state and the job ends FAILED in SLURM (not COMPLETED), `interrupted` in
+    its run folder, and the sweep ends with exit 2 and one paragraph with the resume
+    command, without a traceback."""
+    args = [*RESUME_RUN, "trainer.epochs=50", "hydra.launcher.timeout_min=3"]
+    proc = start_sweep(slurm, [*args, "hydra.launcher.max_num_timeout=0"], tmp_path)
+    wait_for(lambda: len(sweep_folders(tmp_path)) == 1, proc)
+    (sweep,) = sweep_folders(tmp_path)
+    wait_for(lambda: any((sweep / ".submitit").rglob("*submission.sh")), proc)
+    script = next((sweep / ".submitit").rglob("*submission.sh"))
+    assert "--signal=USR2@45" in script.read_text()
+    _, stderr = proc.communicate(timeout=600)
+    assert_one_paragraph_for_unfinished(proc, stderr, sweep)
+    (job_id,) = submitted_job_ids(sweep)
+    assert slurm.job_state(job_id) == "FAILED"
+    assert f"SLURM job {job_id} FAILED" in stderr
+    assert status_of(sweep / "0") == "interrupted"
+    log = (sweep / "0" / "qaexp.log").read_text()
+    assert "SIGUSR2 received" in log
+    assert f"SLURM job {job_id} is not requeued (timed-out too many times)" in log
+    assert "Requeueing" not in log and "Traceback" not in log
 
 
 def test_srun_with_two_tasks_writes_one_run_dir(slurm, tmp_path):
@@ -187,6 +237,7 @@ def test_srun_with_two_tasks_writes_one_run_dir(slurm, tmp_path):
         cwd=tmp_path, env=cluster_env(slurm), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert srun.returncode == 0, srun.stderr[-3000:]
+    assert "OMP_NUM_THREADS" not in srun.stderr  # no rank prints Accelerate's warning
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
     assert run_dir.name.startswith("slurm-")
     summary = assert_run_dir_contract(run_dir, epochs=[1])
