@@ -18,21 +18,11 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import REPO, SMALL_RUN, TINY_RUN, read_jsonl, run_cli, start_qaexp
+from tests.test_resume import comparable
 
 pytestmark = pytest.mark.processes  # starts processes: the leak guard scans the host
 
 LOCK = ".qaexp.lock"
-TIMING_KEYS = {
-    "train_seconds",
-    "train_windows_per_second",
-    "train_tokens_per_second",
-    "eval_seconds",
-    "eval_windows_per_second",
-}
-
-
-def without_timing(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
 def wait_for(condition, what: str, proc: subprocess.Popen | None = None, timeout: float = 180):
@@ -75,7 +65,7 @@ def test_second_writer_is_refused_and_the_first_finishes_unharmed(tmp_path):
     reference = run_cli([*SMALL_RUN, "hydra.run.dir=reference"], tmp_path)
     assert reference.returncode == 0, reference.stderr[-3000:]
     run, ref = tmp_path / "run", tmp_path / "reference"
-    assert without_timing(read_jsonl(run / "metrics.jsonl")) == without_timing(
+    assert comparable(read_jsonl(run / "metrics.jsonl")) == comparable(
         read_jsonl(ref / "metrics.jsonl")
     )
     a, b = (load_file(d / "checkpoint" / "model.safetensors") for d in (run, ref))
