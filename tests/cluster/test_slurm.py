@@ -209,7 +209,8 @@ def test_job_out_of_requeues_fails_consistently(slurm, tmp_path):
     run saves its state and the job ends FAILED in SLURM (not COMPLETED), `interrupted` in
     its run folder, and the sweep ends with exit 2 and one paragraph with the resume
     command, without a traceback."""
-    args = [*RESUME_RUN, "trainer.epochs=50", "hydra.launcher.timeout_min=3"]
+    # Far more epochs than 3 minutes hold on any machine (an epoch takes about 2 s here).
+    args = [*RESUME_RUN, "trainer.epochs=1000", "hydra.launcher.timeout_min=3"]
     proc = start_sweep(slurm, [*args, "hydra.launcher.max_num_timeout=0"], tmp_path)
     wait_for(lambda: len(sweep_folders(tmp_path)) == 1, proc)
     (sweep,) = sweep_folders(tmp_path)
