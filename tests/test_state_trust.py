@@ -17,7 +17,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, SMALL_RUN, TINY_RUN, read_jsonl, run_cli, start_qaexp
+from tests.conftest import (
+    REPO,
+    SMALL_RUN,
+    TINY_RUN,
+    read_jsonl,
+    run_cli,
+    run_qaexp,
+    start_qaexp,
+)
 from tests.test_resume import comparable
 
 pytestmark = pytest.mark.processes  # starts processes: the leak guard scans the host
@@ -62,7 +70,8 @@ def test_second_writer_is_refused_and_the_first_finishes_unharmed(tmp_path):
     assert "Traceback" not in second.stderr
     assert first.returncode == 0, stderr[-3000:]
 
-    reference = run_cli([*SMALL_RUN, "hydra.run.dir=reference"], tmp_path)
+    # The reference runs as the first run did, in a process of its own (same threads).
+    reference = run_qaexp([*SMALL_RUN, "hydra.run.dir=reference"], tmp_path)
     assert reference.returncode == 0, reference.stderr[-3000:]
     run, ref = tmp_path / "run", tmp_path / "reference"
     assert comparable(read_jsonl(run / "metrics.jsonl")) == comparable(

@@ -3,9 +3,11 @@ needs on top: the job's tasks other than rank 0 write nothing into the shared ru
 the signal delay fits the time limit, the console says what the jobs wait for, a requeued job
 starts again without SLURM's begin-time delay, and a job that ends without a result (cancelled,
 out of requeues, killed) is one paragraph with the command that resumes the sweep, not a
-traceback. Hydra imports plugin modules at start, so this stays light (no torch)."""
+traceback. Hydra imports plugin modules at start, so this stays light (no torch).
 
-from __future__ import annotations
+No `from __future__ import annotations` here: Hydra's plugin scan runs a module before it is in
+sys.modules, and a dataclass with string annotations then fails to build (dataclasses looks
+the module up), which broke every fresh interpreter that scans the plugins."""
 
 import logging
 import os
