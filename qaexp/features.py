@@ -214,7 +214,7 @@ def answer_token_positions(
     return np.where(inside, start_token, 0), np.where(inside, end_token, 0)
 
 
-def _first_answers(answers: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+def first_answers(answers: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Start character and length of each example's first answer; (-1, 0) for an
     unanswerable question (an empty ``text`` list, SQuAD v2.0)."""
     starts = [a["answer_start"][0] if a["text"] else -1 for a in answers]
@@ -237,7 +237,7 @@ def train_feature_columns(
     windows = _windows(
         examples, tokenizer, max_length, stride, pad_to_max_length, normalise_offsets
     )
-    answer_start, answer_length = _first_answers(examples["answers"])
+    answer_start, answer_length = first_answers(examples["answers"])
     start_char = answer_start[windows.example_index]
     end_char = start_char + answer_length[windows.example_index]
 

@@ -13,7 +13,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from qaexp.errors import QAExpError
-from qaexp.features import BROKEN_LABEL, LABEL_END_CHAR, LABEL_START_CHAR, NO_LABEL
+from qaexp.features import (
+    BROKEN_LABEL,
+    LABEL_END_CHAR,
+    LABEL_START_CHAR,
+    NO_LABEL,
+    first_answers,
+)
 from qaexp.metrics import normalize_answer
 
 SHOWN_MISSES = 3  # examples named when the check fails
@@ -57,13 +63,6 @@ def _column(windows: datasets.Dataset, name: str) -> pa.Array:
     return windows.with_format("arrow")[:][name].combine_chunks()
 
 
-def _first_answers(examples: datasets.Dataset) -> tuple[np.ndarray, list[str]]:
-    """Start character and text of every example's first answer ((-1, "") for none)."""
-    answers = examples["answers"]
-    starts = np.array([a["answer_start"][0] if a["text"] else -1 for a in answers])
-    return starts.astype(np.int64), [a["text"][0] if a["text"] else "" for a in answers]
-
-
 def _example_rows(windows: datasets.Dataset, examples: datasets.Dataset) -> np.ndarray:
     """The examples' row of every window (through their ids)."""
     ids = pa.array(examples["id"], type=pa.string())
@@ -80,20 +79,21 @@ def check_train_labels(
     end = _column(windows, LABEL_END_CHAR).to_numpy()
     labelled = start != NO_LABEL
     rows = _example_rows(windows, examples)
-    gold_start, gold_text = _first_answers(examples)
-    gold_end = gold_start + np.array([len(t) for t in gold_text], dtype=np.int64)
+    gold_start, gold_length = first_answers(examples["answers"])
+    gold_end = gold_start + gold_length
     exact = labelled & (start == gold_start[rows]) & (end == gold_end[rows])
     check = LabelCheck(labelled=int(labelled.sum()), recovered=int(exact.sum()))
     contexts = examples["context"] if (labelled & ~exact).any() else []
     for window in np.flatnonzero(labelled & ~exact):  # only windows that differ: few
         row = rows[window]
+        gold = examples[int(row)]["answers"]["text"][0]
         broken = start[window] == BROKEN_LABEL
         decoded = "" if broken else contexts[row][start[window] : end[window]]
-        if not broken and normalize_answer(decoded) == normalize_answer(gold_text[row]):
+        if not broken and normalize_answer(decoded) == normalize_answer(gold):
             check.recovered += 1
         elif len(check.misses) < shown:
             got = "labels whose tokens overlap their neighbours" if broken else repr(decoded)
-            check.misses.append((examples[int(row)]["id"], gold_text[row], got))
+            check.misses.append((examples[int(row)]["id"], gold, got))
     return check
 
 
@@ -114,8 +114,8 @@ def check_eval_reachability(
     np.minimum.at(lowest, owner, pairs[:, 0])
     np.maximum.at(highest, owner, pairs[:, 1])
     rows = _example_rows(windows, examples)
-    gold_start, gold_text = _first_answers(examples)
-    gold_end = gold_start + np.array([len(t) for t in gold_text], dtype=np.int64)
+    gold_start, gold_length = first_answers(examples["answers"])
+    gold_end = gold_start + gold_length
     inside = (lowest <= gold_start[rows]) & (highest >= gold_end[rows])
     reachable = np.zeros(len(examples), dtype=bool)
     np.logical_or.at(reachable, rows, inside)
