@@ -17,6 +17,22 @@ SQUAD_DIR = Path(os.environ.get("QAEXP_SQUAD_DIR") or REPO.parent / "shared" / "
 CONF_DIR = REPO / "conf"
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """Two lanes under pytest-xdist (`-n 2`, the default in pyproject.toml): the cluster tier,
+    which mostly waits on SLURM (begin-time delays, a 3-minute time limit), runs in one worker
+    while every other test runs, in its usual order, in the other. Each lane is one process as
+    in a plain run, so session and module fixtures are built once; `-n 0` runs everything in
+    this process. (A scheduler, not `--dist loadgroup`: loadgroup's group suffix no longer
+    reaches the scheduler with current pytest, and the tests were spread round-robin.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TwoLanes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "cluster" if nodeid.startswith("tests/cluster/") else "main"
+
+    return TwoLanes(config, log)
+
+
 def _listening_ports(process) -> set[tuple[str, int]]:
     return {
         (c.laddr.ip, c.laddr.port)
