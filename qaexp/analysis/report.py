@@ -19,6 +19,7 @@ from qaexp.analysis.bootstrap import (
     interval,
     paired_test,
 )
+from qaexp.analysis.confidence import confidence_markdown, confidence_table
 from qaexp.analysis.slices import FAMILIES
 from qaexp.errors import QAExpError
 from qaexp.tracking.base import SLICE_PREFIX
@@ -115,6 +116,10 @@ def run_report(answers: Answers, name: str) -> tuple[str, dict]:
         "like these; narrow for large slices, wide for small ones). Slice definitions: "
         "docs/analysis.md.\n\n" + slice_markdown(table)
     )
+    confidence = confidence_table(answers)
+    if confidence is not None:
+        payload["confidence"] = confidence
+        text += "\n" + confidence_markdown(confidence)
     return text, payload
 
 
