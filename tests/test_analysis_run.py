@@ -6,6 +6,7 @@ slice F1s reach TensorBoard, the sweep's comparison shows slices and the paired 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -112,6 +113,16 @@ def test_comparison_shows_slices_and_the_paired_test(sweep):
     assert "## F1 by slice" in markdown and "| question word: what" in markdown
     assert "## Against the best run, question by question" in markdown
     assert "EM flips" in markdown and "Paired bootstrap" in markdown
+    # Every run is named with its setting, and the direction of each number is spelled out.
+    assert re.search(
+        r"\| F1 run [01] \(stride=(32|48)\) +\| F1 run [01] \(stride=(32|48)\)", markdown
+    )
+    line = re.search(
+        r"- run (\d) \(stride=\d+\) vs run (\d) \(stride=\d+\): F1 \S+ \((.*?)\)", markdown
+    )
+    assert line and line[3] == f"run {line[1]} - run {line[2]}"
+    assert f"right only in run {line[1]}" in markdown and f"right only in run {line[2]}" in markdown
+    assert "add seed=1,2,3 to the sweep" in markdown and "Welch test above" not in markdown
     header = (sweep / "comparison.csv").read_text().splitlines()[0]
     assert "F1 windows: 1" in header
 
