@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from qaexp.batching import WINDOW_INDEX
 from qaexp.metrics import squad_metrics, squad_v2_metrics
-from qaexp.postprocess import postprocess_predictions, postprocess_predictions_v2
+from qaexp.postprocess import postprocess_answers
 
 # The SQuAD v2.0 metrics a run records beside exact_match/f1 (the official script's keys).
 # A key whose subset is empty (no answerable or no unanswerable question) is recorded as null.
@@ -45,6 +45,9 @@ class EvalResult:
     # SQuAD v2.0 only: every SQUAD_V2_KEYS value, and id -> null odds (the na-prob file)
     squad_v2: dict[str, float | None] | None = None
     null_odds: dict[str, float] | None = None
+    # id -> start_logit + end_logit of the best span (None: no valid span); see
+    # qaexp.postprocess.ScoredAnswers
+    span_logits: dict[str, float | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,24 +145,27 @@ def score_logits(
     search: AnswerSearch,
 ) -> EvalResult:
     """Answers and scores from window logits (timings left at 0)."""
-    if not search.unanswerable:
-        predictions = postprocess_predictions(
-            examples, features, start, end, search.n_best, search.max_answer_length
-        )
-        scores = squad_metrics(predictions, references)
-        return EvalResult(scores["exact_match"], scores["f1"], predictions, 0.0, 0.0)
-    predictions, null_odds = postprocess_predictions_v2(
+    answers = postprocess_answers(
         examples,
         features,
         start,
         end,
         search.n_best,
         search.max_answer_length,
+        search.unanswerable,
         search.null_score_diff_threshold,
     )
+    predictions, logits = answers.predictions, answers.span_logits
+    if not search.unanswerable:
+        scores = squad_metrics(predictions, references)
+        return EvalResult(
+            scores["exact_match"], scores["f1"], predictions, 0.0, 0.0, None, None, logits
+        )
     # The official script counts odds above --na-prob-thresh (1.0 by default) as "no answer":
     # a threshold above 1.0 is passed on, so the numbers are those of the predictions written.
     na_prob_thresh = max(1.0, search.null_score_diff_threshold)
-    scores = squad_v2_metrics(predictions, references, null_odds, na_prob_thresh)
+    scores = squad_v2_metrics(predictions, references, answers.null_odds, na_prob_thresh)
     squad_v2 = {key: scores.get(key) for key in SQUAD_V2_KEYS}
-    return EvalResult(scores["exact"], scores["f1"], predictions, 0.0, 0.0, squad_v2, null_odds)
+    return EvalResult(
+        scores["exact"], scores["f1"], predictions, 0.0, 0.0, squad_v2, answers.null_odds, logits
+    )

@@ -33,6 +33,7 @@ Rules the seed leaves open, fixed here so results are deterministic:
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -43,6 +44,8 @@ import pyarrow.compute as pc
 
 __all__ = [
     "NullPredictions",
+    "ScoredAnswers",
+    "postprocess_answers",
     "postprocess_nbest",
     "postprocess_predictions",
     "postprocess_predictions_v2",
@@ -304,6 +307,55 @@ def _best_spans(
     return rows, best_score[winner], texts
 
 
+class ScoredAnswers(NamedTuple):
+    """Every example's answer, the logit score of its best span, and (SQuAD v2.0) null odds."""
+
+    predictions: dict[str, str]
+    # start_logit + end_logit of the best valid span, the n-best search's top logit (also when
+    # v2.0 answers "" instead); None when the example has no valid span or that logit is -inf.
+    span_logits: dict[str, float | None]
+    null_odds: dict[str, float] | None = None
+
+
+def postprocess_answers(
+    examples: datasets.Dataset,
+    features: datasets.Dataset,
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    n_best: int = 20,
+    max_answer_length: int = 30,
+    unanswerable: bool = False,
+    null_score_diff_threshold: float = 0.0,
+) -> ScoredAnswers:
+    """Answers with the logit score of each: `postprocess_predictions`' answers, or with
+    `unanswerable` `postprocess_predictions_v2`'s answers and null odds."""
+    cand = _candidates(examples, features, start_logits, end_logits, n_best, max_answer_length)
+    ids = _column(examples, "id")
+    rows, span_score, texts = _best_spans(examples, cand)
+    span_score = span_score.astype(np.float64)
+    found = ids.take(pa.array(rows)).to_pylist()
+    span_logits: dict[str, float | None] = dict.fromkeys(ids.to_pylist())
+    span_logits.update(
+        (qid, score if math.isfinite(score) else None)
+        for qid, score in zip(found, span_score.tolist(), strict=True)
+    )
+    predictions = dict.fromkeys(ids.to_pylist(), "")
+    if not unanswerable:
+        predictions.update(zip(found, texts, strict=True))
+        return ScoredAnswers(predictions, span_logits)
+    null = np.full(len(ids), np.inf)
+    known = cand.example_index >= 0
+    np.minimum.at(null, cand.example_index[known], cand.null_score[known])
+    odds = np.full(len(ids), np.inf)  # no valid span: nothing can beat "no answer"
+    with np.errstate(invalid="ignore"):  # -inf - -inf: the two scores tie
+        odds[rows] = np.where(null[rows] == span_score, 0.0, null[rows] - span_score)
+    answered = odds[rows] <= null_score_diff_threshold
+    answered_ids = ids.take(pa.array(rows[answered])).to_pylist()
+    predictions.update(zip(answered_ids, itertools.compress(texts, answered), strict=True))
+    null_odds = dict(zip(ids.to_pylist(), odds.tolist(), strict=True))
+    return ScoredAnswers(predictions, span_logits, null_odds)
+
+
 def postprocess_predictions(
     examples: datasets.Dataset,
     features: datasets.Dataset,
@@ -313,12 +365,9 @@ def postprocess_predictions(
     max_answer_length: int = 30,
 ) -> dict[str, str]:
     """Answer text of every example id: its best-scoring valid span, or "" when it has none."""
-    cand = _candidates(examples, features, start_logits, end_logits, n_best, max_answer_length)
-    ids = _column(examples, "id")
-    predictions = dict.fromkeys(ids.to_pylist(), "")
-    rows, _, texts = _best_spans(examples, cand)
-    predictions.update(zip(ids.take(pa.array(rows)).to_pylist(), texts, strict=True))
-    return predictions
+    return postprocess_answers(
+        examples, features, start_logits, end_logits, n_best, max_answer_length
+    ).predictions
 
 
 class NullPredictions(NamedTuple):
@@ -347,21 +396,17 @@ def postprocess_predictions_v2(
     example with no valid span (or no feature) is answered "" with null odds +inf, which
     ``json.dump`` writes as ``Infinity`` and Python's ``json.load`` reads back.
     """
-    cand = _candidates(examples, features, start_logits, end_logits, n_best, max_answer_length)
-    ids = _column(examples, "id")
-    rows, span_score, texts = _best_spans(examples, cand)
-    null = np.full(len(ids), np.inf)
-    known = cand.example_index >= 0
-    np.minimum.at(null, cand.example_index[known], cand.null_score[known])
-    odds = np.full(len(ids), np.inf)  # no valid span: nothing can beat "no answer"
-    span_score = span_score.astype(np.float64)
-    with np.errstate(invalid="ignore"):  # -inf - -inf: the two scores tie
-        odds[rows] = np.where(null[rows] == span_score, 0.0, null[rows] - span_score)
-    answered = odds[rows] <= null_score_diff_threshold
-    predictions = dict.fromkeys(ids.to_pylist(), "")
-    answered_ids = ids.take(pa.array(rows[answered])).to_pylist()
-    predictions.update(zip(answered_ids, itertools.compress(texts, answered), strict=True))
-    return NullPredictions(predictions, dict(zip(ids.to_pylist(), odds.tolist(), strict=True)))
+    answers = postprocess_answers(
+        examples,
+        features,
+        start_logits,
+        end_logits,
+        n_best,
+        max_answer_length,
+        unanswerable=True,
+        null_score_diff_threshold=null_score_diff_threshold,
+    )
+    return NullPredictions(answers.predictions, answers.null_odds)
 
 
 def _distinct_spans_by_rank(

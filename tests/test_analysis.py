@@ -234,6 +234,51 @@ def test_question_set_rows_and_report_whole_set_equal_the_metrics():
     )
 
 
+def scored_rows() -> list[dict]:
+    """Hand-made answers with span logits: q2 (7.0) wrong, q1 (5.0) right, q4 (3.0) wrong,
+    q3 (1.0) right, q5 no valid span (None) and wrong."""
+    examples, windows = hand_made()
+    context = examples[0]["context"]
+    predictions = {"q1": context[10:15], "q2": "x", "q3": context[25:29], "q4": "zz", "q5": ""}
+    logits = {"q1": 5.0, "q2": 7.0, "q3": 1.0, "q4": 3.0, "q5": None}
+    return QuestionSet.build(examples, windows).rows(2, predictions, None, logits)
+
+
+def test_rows_carry_each_answers_span_logit_and_read_back(tmp_path):
+    rows = scored_rows()
+    assert [r["span_logit"] for r in rows] == [5.0, 7.0, 1.0, 3.0, None]
+    answers = read_answers(write_rows(tmp_path / "answers.jsonl", rows))
+    assert answers.span_logits[:4].tolist() == [5.0, 7.0, 1.0, 3.0]
+    assert np.isnan(answers.span_logits[4])
+    examples, windows = hand_made()
+    unscored = QuestionSet.build(examples, windows).rows(2, {"q1": "x"})
+    assert "span_logit" not in unscored[0]  # a run without logits (e.g. an old state)
+    assert Answers.from_rows("x", unscored).span_logits is None
+
+
+def test_confidence_thirds_and_confidently_wrong_by_hand():
+    text, payload = run_report(Answers.from_rows("x", scored_rows()), "run")
+    table = payload["confidence"]
+    # Ranked q2, q1 | q4 | q3 (4 questions with a logit in 3 parts: 2, 1, 1).
+    assert [(t["n"], t["exact_match"]) for t in table["thirds"]] == [
+        (2, 50.0),
+        (1, 0.0),
+        (1, 100.0),
+    ]
+    assert [(t["span_logit_min"], t["span_logit_max"]) for t in table["thirds"]] == [
+        (5.0, 7.0),
+        (3.0, 3.0),
+        (1.0, 1.0),
+    ]
+    assert table["no_span"] == 1
+    assert [q["id"] for q in table["confidently_wrong"]] == ["q2", "q4"]
+    assert "## Confidence (span logit)" in text and "| most sure third | 2 | 5.00 to 7.00 |" in text
+    examples, windows = hand_made()
+    old = QuestionSet.build(examples, windows).rows(2, {"q1": "x"})
+    text, payload = run_report(Answers.from_rows("x", old), "run")
+    assert "confidence" not in payload and "Confidence" not in text
+
+
 # --- bootstrap ------------------------------------------------------------------------
 
 
@@ -333,6 +378,10 @@ def test_answers_round_trip(tmp_path, rows):
         (lambda text: "", "is empty"),
         (lambda text: text.replace('"f1": ', '"F1": '), "no f1"),
         (lambda text: text.replace('"epoch": 1', '"epoch": 2', 1), "mixes the answers"),
+        (
+            lambda text: text.replace('"prediction": ', '"span_logit": "high", "prediction": ', 1),
+            "line 1",
+        ),
     ],
 )
 def test_damaged_answers_are_one_paragraph_naming_the_file(tmp_path, rows, damage, says):
@@ -376,6 +425,16 @@ def test_wandb_table_holds_one_row_per_question_with_slices(rows, monkeypatch):
     assert table.columns[:3] == ["id", "epoch", "question"] and "answer position" in table.columns
     assert [row[0] for row in table.data] == ["q1", "q2", "q3", "q4", "q5"]
     assert table.data[0][table.columns.index("f1")] == 1.0
+    assert "span_logit" not in table.columns  # rows without it (an older run's)
+    WandbTracker(Run()).log_answers(scored_rows())
+    table = logged[-1][ANSWERS_TABLE]
+    assert [row[table.columns.index("span_logit")] for row in table.data] == [
+        5.0,
+        7.0,
+        1.0,
+        3.0,
+        None,
+    ]
 
 
 def test_slice_scalars_pass_to_the_trackers():

@@ -6,6 +6,7 @@ slice F1s reach TensorBoard, the sweep's comparison shows slices and the paired 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -53,6 +54,43 @@ def test_answers_whole_set_equals_the_metrics_to_the_last_digit(sweep):
         assert not list(run.glob(".*tmp"))
 
 
+def test_each_answer_carries_the_pipelines_top_span_logit(sweep):
+    """answers.jsonl's span_logit of every question is the logit of the n-best search's top
+    span when the pipeline answers it from the run's checkpoint (the best epoch, as
+    answers.jsonl holds): same windows, same answer, same logit up to float32 batching noise."""
+    import datasets
+    from omegaconf import OmegaConf
+
+    import qaexp
+    from qaexp.data import load_raw_datasets
+    from qaexp.features import prepare_eval_features
+    from qaexp.postprocess import postprocess_nbest
+    from qaexp.tracking.rundir import checkpoint_epoch
+    from tests.conftest import compose
+
+    run = sweep / "0"
+    answers = read_answers(run / "answers.jsonl")
+    assert checkpoint_epoch(run / "checkpoint") == answers.epoch
+    job = OmegaConf.load(run / ".hydra" / "overrides.yaml")
+    cfg = OmegaConf.to_object(compose(list(job)))
+    examples = load_raw_datasets(cfg.data, ("validation",))["validation"]
+    assert list(examples["id"]) == answers.ids
+    qa = qaexp.pipeline(
+        run / "checkpoint", device="cpu", max_length=cfg.max_length, stride=cfg.stride
+    )
+    batch = examples.select_columns(["id", "question", "context"]).to_dict()
+    features = datasets.Dataset.from_dict(
+        prepare_eval_features(batch, qa.tokenizer, cfg.max_length, cfg.stride)
+    )
+    start, end = qa.window_logits(features, 16, cfg.max_length)
+    nbest = postprocess_nbest(examples, features, start, end, cfg.n_best, cfg.max_answer_length)
+    for row in answers.rows:
+        top = nbest[row["id"]][0]
+        assert row["prediction"] == top["text"], row["id"]
+        assert row["span_logit"] == pytest.approx(top["logit"], rel=1e-5, abs=1e-5), row["id"]
+    assert "## Confidence (span logit)" in (run / "analysis.md").read_text()
+
+
 def test_slice_f1s_reach_tensorboard(sweep):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -75,6 +113,16 @@ def test_comparison_shows_slices_and_the_paired_test(sweep):
     assert "## F1 by slice" in markdown and "| question word: what" in markdown
     assert "## Against the best run, question by question" in markdown
     assert "EM flips" in markdown and "Paired bootstrap" in markdown
+    # Every run is named with its setting, and the direction of each number is spelled out.
+    assert re.search(
+        r"\| F1 run [01] \(stride=(32|48)\) +\| F1 run [01] \(stride=(32|48)\)", markdown
+    )
+    line = re.search(
+        r"- run (\d) \(stride=\d+\) vs run (\d) \(stride=\d+\): F1 \S+ \((.*?)\)", markdown
+    )
+    assert line and line[3] == f"run {line[1]} - run {line[2]}"
+    assert f"right only in run {line[1]}" in markdown and f"right only in run {line[2]}" in markdown
+    assert "add seed=1,2,3 to the sweep" in markdown and "Welch test above" not in markdown
     header = (sweep / "comparison.csv").read_text().splitlines()[0]
     assert "F1 windows: 1" in header
 

@@ -213,6 +213,7 @@ def test_differences_are_tested_against_the_seed_noise(seed_sweep, tmp_path):
     assert rows[2]["vs top"] == "no noise estimate (n < 2)"
     markdown = (seed_sweep / "comparison.md").read_text()
     assert "stride=64 vs stride=128: +10.00 F1" in markdown
+    assert "(the Welch test above does)" in markdown  # the paired section points to it
     # Overlapping seeds: the same small difference is within the noise.
     close = tmp_path / "close"
     for i, (stride, best) in enumerate(

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qaexp.postprocess import (
+    postprocess_answers,
     postprocess_nbest,
     postprocess_predictions,
     postprocess_predictions_v2,
@@ -425,6 +426,53 @@ def test_nbest_matches_reference_loop_on_random_cases(seed):
         assert [c["score"] for c in ours] == pytest.approx(
             [c["score"] for c in candidates], nan_ok=True
         )
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_span_logits_are_the_nbest_top_logit_of_the_answer(seed):
+    """Each answer's span logit is the logit of the n-best search's first candidate (the
+    reference loop's, and postprocess_nbest's to the last bit); the answers are unchanged."""
+    rng = np.random.default_rng(30_000 + seed)
+    examples, features, start, end, n_best, max_len = random_case(rng)
+    got = postprocess_answers(examples, features, start, end, n_best, max_len)
+    assert got.predictions == postprocess_predictions(
+        examples, features, start, end, n_best, max_len
+    )
+    assert got.null_odds is None
+    ours = postprocess_nbest(examples, features, start, end, n_best, max_len)
+    want = reference_nbest(examples, features, start, end, n_best, max_len)
+    assert got.span_logits.keys() == want.keys()
+    for qid, logit in got.span_logits.items():
+        top = want[qid][0]["logit"] if want[qid] else None
+        if top is None or top == -math.inf:
+            assert logit is None, qid
+            continue
+        assert logit == ours[qid][0]["logit"], qid
+        assert logit == pytest.approx(top, rel=1e-3 if start.dtype == np.float16 else 1e-6)
+        assert got.predictions[qid] == want[qid][0]["text"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_v2_span_logits_and_answers_agree_with_postprocess_predictions_v2(seed):
+    rng = np.random.default_rng(40_000 + seed)
+    examples, features, start, end, n_best, max_len = random_case(rng)
+    threshold = float(rng.normal(scale=2.0))
+    got = postprocess_answers(examples, features, start, end, n_best, max_len, True, threshold)
+    v2 = postprocess_predictions_v2(examples, features, start, end, n_best, max_len, threshold)
+    assert (got.predictions, got.null_odds) == (v2.predictions, v2.null_odds)
+    v1 = postprocess_answers(examples, features, start, end, n_best, max_len)
+    assert got.span_logits == v1.span_logits  # also where "" wins: the losing span's logit
+
+
+def test_span_logit_of_a_hand_made_case():
+    examples = make_examples({"x": CONTEXT, "y": CONTEXT, "lonely": "no windows"})
+    features = make_features([("x", [None, None, None]), ("y", [None, *WORDS[:2], None])])
+    start = np.zeros((2, 5), dtype=np.float32)
+    end = np.zeros((2, 5), dtype=np.float32)
+    start[1, 1], end[1, 2] = 2.5, 1.25  # "alpha beta": 3.75
+    got = postprocess_answers(examples, features, start, end)
+    assert got.predictions == {"x": "", "y": "alpha beta", "lonely": ""}
+    assert got.span_logits == {"x": None, "y": 3.75, "lonely": None}
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@ answers.jsonl (its rows come from qaexp.analysis.questions), and reading it back
 
 One row per evaluation question, in the eval set's order:
 `{"id", "epoch", "question", "context", "gold", "prediction", "exact", "f1", "slices"}`
-(`context`: the text around the first gold answer; `exact` 0/1, `f1` 0-1), plus `null_odds`
-for SQuAD v2.0 runs. The mean of `exact`/`f1` over all rows, summed in row order, is the
+(`context`: the text around the first gold answer; `exact` 0/1, `f1` 0-1), plus
+`span_logit` (the start + end logit of the answer's best span, as the n-best search scored
+it; null when the question has no valid span; absent in runs made before it was kept) and
+`null_odds` for SQuAD v2.0 runs. The mean of `exact`/`f1` over all rows, summed in row order, is the
 epoch's exact_match/f1 in metrics.jsonl to the last digit.
 """
 
@@ -80,6 +82,7 @@ class Answers:
     exact: np.ndarray
     f1: np.ndarray
     slices: dict[str, np.ndarray]
+    span_logits: np.ndarray | None = None  # NaN where a row's is null; None: no row has one
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -98,7 +101,16 @@ class Answers:
                 family: np.array([row["slices"].get(family, "") for row in rows], dtype=object)
                 for family in families
             },
+            span_logits=span_logit_column(rows),
         )
+
+
+def span_logit_column(rows: list[dict]) -> np.ndarray | None:
+    """The rows' span logits as floats (NaN for null), or None when the rows have none."""
+    if not rows or "span_logit" not in rows[0]:
+        return None
+    values = [row.get("span_logit") for row in rows]
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def read_answers(path: Path) -> Answers:
@@ -123,6 +135,8 @@ def read_answers(path: Path) -> Answers:
                 if missing:
                     raise ValueError(f"no {', '.join(missing)}")
                 float(row["exact"]), float(row["f1"])
+                if row.get("span_logit") is not None:
+                    float(row["span_logit"])
             except (ValueError, TypeError) as err:
                 raise QAExpError(
                     f"{path}, line {number}: not an answers.jsonl row ({err}); the file is "

@@ -224,13 +224,20 @@ def with_slice_columns(
     return [*header, *columns], extended
 
 
+def run_name(run: RunResult, keys: list[str]) -> str:
+    """`run 1 (stride=128)`: the run folder and the overrides that tell it from the others."""
+    parts = [f"{k}={short_value(run.overrides[k])}" for k in keys if k in run.overrides]
+    return f"run {run.label}" + (f" ({', '.join(parts)})" if parts else "")
+
+
 def slice_section(runs: list[RunResult]) -> str:
     """F1 by slice of the best epoch's answers: one row per slice, one column per run."""
     shown = [run for run in rank(runs) if run.answers is not None][:MAX_SLICE_RUNS]
     if not shown:
         return ""
     per_run = [run.slice_f1() for run in shown]
-    header = ["slice", "n", *(f"F1 run {run.label}" for run in shown)]
+    keys = differing_keys(runs)
+    header = ["slice", "n", *(f"F1 {run_name(run, keys)}" for run in shown)]
     counts = {
         f"{family}: {label}": int((labels == label).sum())
         for family, labels in shown[0].answers.slices.items()
@@ -245,16 +252,23 @@ def slice_section(runs: list[RunResult]) -> str:
     )
 
 
-def paired_section(runs: list[RunResult]) -> str:
-    """Each completed run against the best run on the same questions (paired bootstrap)."""
+def paired_section(runs: list[RunResult], seeds_tested: bool = False) -> str:
+    """Each completed run against the best run on the same questions (paired bootstrap);
+    `seeds_tested`: the comparison has Welch's seed-noise test above."""
     ranked = [run for run in rank(runs) if run.completed and run.best]
+    keys = differing_keys(runs)
+    seed_noise = (
+        "the Welch test above does"
+        if seeds_tested
+        else "add seed=1,2,3 to the sweep for a test of it"
+    )
     lines = [
         "## Against the best run, question by question",
         "",
-        "Paired bootstrap over the evaluation questions (B - best, 10,000 resamples): whether "
-        "another draw of questions like these could reverse the difference. It holds with one "
-        "seed per setting, but says nothing about seed-to-seed noise (the Welch test above, "
-        "with several seeds, does).",
+        "Paired bootstrap over the evaluation questions (each run - the best, 10,000 "
+        "resamples): whether another draw of questions like these could reverse the "
+        "difference. It holds with one seed per setting, but says nothing about seed-to-seed "
+        f"noise ({seed_noise}).",
         "",
     ]
     missing = [run for run in ranked if run.answers is None]
@@ -262,15 +276,17 @@ def paired_section(runs: list[RunResult]) -> str:
     if top is None:
         lines.append("- no completed run has answers.jsonl: nothing to pair")
     else:
-        lines[2] = lines[2].replace("best", f"run {top.label}", 1)
+        lines[2] = lines[2].replace("the best", f"run {top.label}", 1)
         others = [run for run in ranked if run.answers is not None and run is not top]
         for run in others[:MAX_PAIRED_RUNS]:
             try:
-                pair = pair_analysis(top.answers, run.answers, top.label, run.label)
+                pair = pair_analysis(
+                    top.answers, run.answers, f"run {top.label}", f"run {run.label}"
+                )
             except QAExpError as err:
                 lines.append(f"- run {run.label}: not paired: {err}")
                 continue
-            lines.append(f"- run {run.label} vs {top.label}: {paired_line(pair)}")
+            lines.append(f"- {run_name(run, keys)} vs {run_name(top, keys)}: {paired_line(pair)}")
         if not others:
             lines.append("- only one run has answers.jsonl: nothing to pair")
         if len(others) > MAX_PAIRED_RUNS:
@@ -361,7 +377,7 @@ def write_comparison(runs: list[RunResult], out_dir: Path) -> str:
     outro += run_notes(runs)
     csv_path, md_path, png_path = (out_dir / name for name in OUTPUT_FILES)
     write_text_atomic(csv_path, csv_text(csv_header, csv_rows))
-    outro += slice_section(runs) + "\n" + paired_section(runs)
+    outro += slice_section(runs) + "\n" + paired_section(runs, has_replicates(groups))
     write_text_atomic(md_path, intro + table + outro)
     if any(run.epochs for run in runs):
         with replaced_atomically(png_path) as tmp:

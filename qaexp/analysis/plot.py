@@ -180,12 +180,14 @@ def plot_slice_f1(ax: Axes, runs: list[RunResult], keys: list[str]) -> None:
         )
     families = [name.split(": ")[0] for name in names]
     starts = [j for j in range(len(names)) if j == 0 or families[j] != families[j - 1]]
+    raised = False  # family names over one or two bars alternate in height, not to overlap
     for begin, end in zip(starts, [*starts[1:], len(names)], strict=True):
         if begin:
             ax.axvline(begin - 0.5, color="0.6", linewidth=0.8)
+        raised = end - begin < 3 and not raised
         ax.text(
             (begin + end - 1) / 2,
-            1.01,
+            1.06 if raised else 1.01,
             families[begin],
             transform=ax.get_xaxis_transform(),
             ha="center",
@@ -196,7 +198,7 @@ def plot_slice_f1(ax: Axes, runs: list[RunResult], keys: list[str]) -> None:
     ax.set_xticks(range(len(names)), labels, rotation=45, ha="right", fontsize=8)
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylabel("F1 (%), best epoch")
-    ax.set_title("F1 by slice (answers.jsonl; n per slice in comparison.md)", pad=18)
+    ax.set_title("F1 by slice (answers.jsonl; n per slice in comparison.md)", pad=28)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 

@@ -53,8 +53,10 @@ class QuestionSet:
         epoch: int,
         predictions: Mapping[str, str],
         null_odds: Mapping[str, float] | None = None,
+        span_logits: Mapping[str, float | None] | None = None,
     ) -> list[dict]:
-        """answers.jsonl's rows for one epoch's predictions (a missing one scores 0)."""
+        """answers.jsonl's rows for one epoch's predictions (a missing one scores 0), with
+        each answer's `span_logit` when `span_logits` is given."""
         rows = []
         families = list(self.slices)
         for i, qid in enumerate(self.ids):
@@ -71,6 +73,7 @@ class QuestionSet:
                 "context": self.excerpts[i],
                 "gold": self.golds[i],
                 "prediction": prediction,
+                **({"span_logit": span_logits.get(qid)} if span_logits is not None else {}),
                 "exact": exact,
                 "f1": f1,
                 "slices": {family: str(self.slices[family][i]) for family in families},

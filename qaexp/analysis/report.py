@@ -19,6 +19,7 @@ from qaexp.analysis.bootstrap import (
     interval,
     paired_test,
 )
+from qaexp.analysis.confidence import confidence_markdown, confidence_table
 from qaexp.analysis.slices import FAMILIES
 from qaexp.errors import QAExpError
 from qaexp.tracking.base import SLICE_PREFIX
@@ -115,6 +116,10 @@ def run_report(answers: Answers, name: str) -> tuple[str, dict]:
         "like these; narrow for large slices, wide for small ones). Slice definitions: "
         "docs/analysis.md.\n\n" + slice_markdown(table)
     )
+    confidence = confidence_table(answers)
+    if confidence is not None:
+        payload["confidence"] = confidence
+        text += "\n" + confidence_markdown(confidence)
     return text, payload
 
 
@@ -199,14 +204,17 @@ def p_text(p: float) -> str:
 
 
 def paired_line(pair: dict) -> str:
-    """One line: the F1 difference B - A, its interval and p, and the EM flips."""
+    """One line: the F1 difference B - A, its interval and p, and the EM flips, naming the
+    runs (`pair["a"]`, `pair["b"]`) so that no direction is left to guess."""
     test, flip = pair["paired_f1"], pair["flips"]
+    a, b = pair["a"], pair["b"]
     verdict = "a real difference" if test["p"] < 1 - LEVEL else "within question-sampling noise"
     return (
-        f"F1 {test['difference']:+.2f} [{test['low']:+.2f}, {test['high']:+.2f}], "
-        f"{p_text(test['p'])}: {verdict}; EM flips {flip['wrong_to_right']} wrong->right, "
-        f"{flip['right_to_wrong']} right->wrong; F1 +{flip['f1_gained']:.2f} / "
-        f"-{flip['f1_lost']:.2f}"
+        f"F1 {test['difference']:+.2f} ({b} - {a}), {LEVEL:.0%} interval "
+        f"[{test['low']:+.2f}, {test['high']:+.2f}], {p_text(test['p'])}: {verdict}; "
+        f"EM flips: {flip['wrong_to_right']} questions right only in {b}, "
+        f"{flip['right_to_wrong']} right only in {a}; F1 points gained by {b} "
+        f"+{flip['f1_gained']:.2f}, lost -{flip['f1_lost']:.2f}"
     )
 
 

@@ -71,7 +71,13 @@ class AnswerSheet(Protocol):
     """The evaluation questions an epoch's answers are scored and labelled against
     (qaexp.analysis.QuestionSet, built by the training code from the run's data)."""
 
-    def rows(self, epoch: int, predictions: dict, null_odds: dict | None) -> list[dict]:
+    def rows(
+        self,
+        epoch: int,
+        predictions: dict,
+        null_odds: dict | None,
+        span_logits: dict | None = None,
+    ) -> list[dict]:
         """answers.jsonl's rows: one per question."""
 
     def jsonl(self, rows: list[dict]) -> str:
@@ -334,7 +340,8 @@ class RunRecorder:
     ):
         self.run_dir = Path(run_dir)
         self.questions = questions  # main process: what answers.jsonl is scored against
-        self.best_answers: dict | None = None  # the best epoch's {epoch, predictions, null_odds}
+        # the best epoch's {epoch, predictions, null_odds, span_logits}
+        self.best_answers: dict | None = None
         self.epoch_rows: list[dict] | None = None  # rows of the last published epoch
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process
@@ -344,6 +351,7 @@ class RunRecorder:
         self.history: list[dict] = []  # the published epochs
         self.predictions: dict[str, str] | None = None  # of the last published epoch
         self.null_odds: dict[str, float] | None = None  # SQuAD v2.0: of the same epoch
+        self.span_logits: dict[str, float | None] | None = None  # of the same epoch
         self.checkpoint_epoch: int | None = None
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -368,7 +376,7 @@ class RunRecorder:
         self, history: list[dict], state_dir: Path | None, answers: dict | None = None
     ) -> None:
         """Continue a resumed run: its epochs so far, their last answers (predictions, null
-        odds) and (from another run directory) its best checkpoint (then
+        odds, span logits) and (from another run directory) its best checkpoint (then
         `reconcile_checkpoint`, `republish`). Without a state: start clean (`reset`)."""
         if state_dir is None:
             self.reset()
@@ -376,10 +384,13 @@ class RunRecorder:
         self.history = list(history)
         self.predictions = (answers or {}).get("predictions")
         self.null_odds = (answers or {}).get("null_odds")
+        self.span_logits = (answers or {}).get("span_logits")  # None: a state saved before
         self.best_answers = (answers or {}).get("best")
         best = self.best
         if best is not None and best is self.history[-1] and self.predictions is not None:
-            self.best_answers = self._epoch_answers(best["epoch"], self.predictions, self.null_odds)
+            self.best_answers = self._epoch_answers(
+                best["epoch"], self.predictions, self.null_odds, self.span_logits
+            )
         if not self.is_main:
             return
         remove_temporary_files(self.run_dir)
@@ -399,7 +410,7 @@ class RunRecorder:
         last = self.history[-1] if self.history else None
         if last is not None and self.predictions is not None:
             self._write_question_answers(
-                last, self.predictions, self.null_odds, self.best, republish=True
+                last, self.predictions, self.null_odds, self.span_logits, self.best, republish=True
             )
         self._write_answers(self.predictions, self.null_odds)
         write_metrics(self.run_dir, self.history)
@@ -413,8 +424,15 @@ class RunRecorder:
             write_json_atomic(self.run_dir / PREDICTIONS_FILE, predictions)
 
     @staticmethod
-    def _epoch_answers(epoch: int, predictions: dict, null_odds: dict | None) -> dict:
-        return {"epoch": epoch, "predictions": predictions, "null_odds": null_odds}
+    def _epoch_answers(
+        epoch: int, predictions: dict, null_odds: dict | None, span_logits: dict | None
+    ) -> dict:
+        return {
+            "epoch": epoch,
+            "predictions": predictions,
+            "null_odds": null_odds,
+            "span_logits": span_logits,
+        }
 
     @property
     def answers(self) -> dict:
@@ -425,6 +443,7 @@ class RunRecorder:
         return {
             "predictions": self.predictions,
             "null_odds": self.null_odds,
+            "span_logits": self.span_logits,
             "best": best if best and best["epoch"] != last else None,
         }
 
@@ -433,19 +452,35 @@ class RunRecorder:
         best = self.best_answers
         if self.questions is None or best is None:
             return None
-        return self.questions.rows(best["epoch"], best["predictions"], best["null_odds"])
+        return self._rows(best)
+
+    def _rows(self, answers: dict) -> list[dict]:
+        """answers.jsonl's rows of one epoch's answers (`_epoch_answers`; a state saved
+        before span logits were kept has none)."""
+        return self.questions.rows(
+            answers["epoch"],
+            answers["predictions"],
+            answers["null_odds"],
+            answers.get("span_logits"),
+        )
 
     def answers_after(self, record: dict, result: EvalResult) -> dict:
         """`answers` as they will be once the evaluated epoch `record` is published."""
         improved = self.best is None or record["f1"] > self.best["f1"]
         best = None if improved else self.best_answers
-        return {"predictions": result.predictions, "null_odds": result.null_odds, "best": best}
+        return {
+            "predictions": result.predictions,
+            "null_odds": result.null_odds,
+            "span_logits": result.span_logits,
+            "best": best,
+        }
 
     def _write_question_answers(
         self,
         record: dict,
         predictions: dict[str, str],
         null_odds: dict[str, float] | None,
+        span_logits: dict[str, float | None] | None,
         best: dict,
         republish: bool = False,
     ) -> None:
@@ -458,19 +493,19 @@ class RunRecorder:
             return
         epoch, last_file = record["epoch"], self.run_dir / LAST_ANSWERS_FILE
         if best["epoch"] == epoch:
-            self.best_answers = self._epoch_answers(epoch, predictions, null_odds)
+            self.best_answers = self._epoch_answers(epoch, predictions, null_odds, span_logits)
             self.epoch_rows = self._write_best_answers(self.best_answers)
             last_file.unlink(missing_ok=True)
             return
         known = self.best_answers is not None and self.best_answers["epoch"] == best["epoch"]
         if republish and known:
             self._write_best_answers(self.best_answers)
-        self.epoch_rows = self.questions.rows(epoch, predictions, null_odds)
+        self.epoch_rows = self.questions.rows(epoch, predictions, null_odds, span_logits)
         write_text_atomic(last_file, self.questions.jsonl(self.epoch_rows))
 
     def _write_best_answers(self, best: dict) -> list[dict]:
         """answers.jsonl, analysis.md and analysis.json of the best epoch; returns the rows."""
-        rows = self.questions.rows(best["epoch"], best["predictions"], best["null_odds"])
+        rows = self._rows(best)
         write_text_atomic(self.run_dir / ANSWERS_FILE, self.questions.jsonl(rows))
         text, payload = self.questions.report(rows)
         write_text_atomic(self.run_dir / ANALYSIS_FILES[0], text)
@@ -534,11 +569,14 @@ class RunRecorder:
             self.save_checkpoint(model, tokenizer, record["epoch"], null_threshold_record(record))
         if self.is_main:
             best = record if improved else self.best
-            self._write_question_answers(record, result.predictions, result.null_odds, best)
+            self._write_question_answers(
+                record, result.predictions, result.null_odds, result.span_logits, best
+            )
             self._write_answers(result.predictions, result.null_odds)
             write_metrics(self.run_dir, [*self.history, record])
         self.history.append(record)
         self.predictions, self.null_odds = result.predictions, result.null_odds
+        self.span_logits = result.span_logits
         crash_point("published")
 
     def save_checkpoint(

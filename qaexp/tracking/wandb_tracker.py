@@ -118,18 +118,18 @@ ANSWER_COLUMNS = ("id", "epoch", "question", "context", "gold", "prediction", "e
 
 
 def answers_table(rows: list[dict]) -> tuple[list[str], list[list]]:
-    """(columns, data) of the answers table: answers.jsonl's fields, gold answers joined
-    with " | ", one column per slice family."""
+    """(columns, data) of the answers table: answers.jsonl's fields (span_logit when the rows
+    have it), gold answers joined with " | ", one column per slice family."""
     families = list(rows[0]["slices"]) if rows else []
-    columns = [*ANSWER_COLUMNS, *families]
+    fields = [*ANSWER_COLUMNS, *(["span_logit"] if rows and "span_logit" in rows[0] else [])]
     data = [
         [
-            *(" | ".join(r["gold"]) if c == "gold" else r[c] for c in ANSWER_COLUMNS),
+            *(" | ".join(r["gold"]) if c == "gold" else r[c] for c in fields),
             *(r["slices"][f] for f in families),
         ]
         for r in rows
     ]
-    return columns, data
+    return [*fields, *families], data
 
 
 def stored_run_id(run_dir: Path, resume_step: int | None) -> str | None:

@@ -130,7 +130,7 @@ def save_state(
     data: dict | None = None,
 ) -> Path:
     """Save the full training state into run_dir/state (all processes must call this), with
-    the answers of the last recorded epoch ({"predictions": ..., "null_odds": ...}), so a
+    the answers of the last recorded epoch ({"predictions", "null_odds", "span_logits"}), so a
     resume can publish them again, and the fingerprint of the `data` trained on (RunData's).
     `run_began`: when the run began, earlier segments of a resumed run included."""
     progress.wall_seconds = time.time() - run_began
