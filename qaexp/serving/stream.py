@@ -6,8 +6,8 @@
     answer_stream(qa, source, journal, total, chunk_size)
     predictions, ranked = journal.read(ids)    # -> the official {id: answer} JSON
 
-Memory holds one chunk of records and the set of ids (for uniqueness and resuming), never
-the file's contexts. A JSON list or an official SQuAD JSON file is one document, read whole
+Memory holds one chunk of records and the set of ids (for uniqueness and resuming), and at
+the end the answers (to write the official JSON), never the file's contexts. A JSON list or an official SQuAD JSON file is one document, read whole
 by `qaexp.predict.read_questions`, and then answered by the same loop.
 
 Crash model (what holds if the process dies at any instant): the journal is append-only, and
