@@ -66,8 +66,8 @@ USAGE = (
     "(question=TEXT context=TEXT | input=FILE [output=FILE]) "
     f"[top_k=1] [max_length={MAX_LENGTH}] [stride={STRIDE}] "
     f"[max_answer_length={MAX_ANSWER_LENGTH}] [n_best={N_BEST}] "
-    f"[batch_size={ANSWER_BATCH_SIZE}] [chunk_size={ANSWER_BATCH_SIZE}] [device=auto] [handle_impossible_answer=auto] "
-    "[null_score_diff_threshold=X]"
+    f"[batch_size={ANSWER_BATCH_SIZE}] [chunk_size={ANSWER_BATCH_SIZE}] [device=auto] "
+    "[handle_impossible_answer=auto] [null_score_diff_threshold=X]"
 )
 
 
