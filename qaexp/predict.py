@@ -4,12 +4,20 @@
     python -m qaexp.predict checkpoint=PATH input=questions.jsonl [output=answers.json] [top_k=3]
 
 One question prints its answer, score and character span. ``input=FILE`` answers every
-question of a JSON list or JSON-lines file of ``{"id"?, "question", "context"}`` records, or
-of an official SQuAD JSON file, in batches, and writes ``{id: answer}`` (the official SQuAD
-prediction format) to ``output`` (default: ``<input>.predictions.json`` next to the input);
-with ``top_k`` > 1 also the ranked answers with scores and spans to ``<output>.nbest.json``.
-When the file holds gold answers (SQuAD JSON), the log adds EM/F1 against them (SQuAD v2.0
-exact/f1 when some questions have none).
+question of a JSON-lines (``.jsonl``) or CSV (``.csv``, columns ``id``?, ``question``,
+``context``) file, of a JSON list of ``{"id"?, "question", "context"}`` records, or of an
+official SQuAD JSON file, ``chunk_size`` questions at a time, and writes ``{id: answer}``
+(the official SQuAD prediction format) to ``output`` (default: ``<input>.predictions.json``
+next to the input); with ``top_k`` > 1 also the ranked answers with scores and spans to
+``<output>.nbest.json``. When the file holds gold answers (SQuAD JSON), the log adds EM/F1
+against them (SQuAD v2.0 exact/f1 when some questions have none).
+
+JSON lines and CSV are streamed (`qaexp.serving.stream`): read lazily, every line checked
+before the model loads, a progress bar on a terminal and questions/s at the end. Answers are
+appended as they come to ``<output>.jsonl`` (``output`` without its suffix), one line per
+question with its ranked answers; ``output`` is written from it at the end. A crash or
+Ctrl-C leaves the answers written so far; running the same command again continues after
+them (it skips answered ids and says so).
 
 A checkpoint trained with unanswerable questions (SQuAD v2.0) answers "" ("no answer") when
 its null score beats the best span by more than the threshold recorded with it
@@ -37,8 +45,18 @@ import datasets
 
 from qaexp.config import ANSWER_BATCH_SIZE, MAX_ANSWER_LENGTH, MAX_LENGTH, N_BEST, STRIDE
 from qaexp.data import load_squad_json, question_record
-from qaexp.errors import QAExpError
+from qaexp.errors import QAExpError, RunInterrupted
 from qaexp.metrics import squad_metrics, squad_v2_metrics
+from qaexp.serving.stream import (
+    Journal,
+    Source,
+    answer_stream,
+    as_examples,
+    document_questions,
+    file_questions,
+    scan,
+    stream_format,
+)
 from qaexp.tracking.rundir import write_json_atomic
 
 log = logging.getLogger("qaexp.predict")
@@ -48,8 +66,8 @@ USAGE = (
     "(question=TEXT context=TEXT | input=FILE [output=FILE]) "
     f"[top_k=1] [max_length={MAX_LENGTH}] [stride={STRIDE}] "
     f"[max_answer_length={MAX_ANSWER_LENGTH}] [n_best={N_BEST}] "
-    f"[batch_size={ANSWER_BATCH_SIZE}] [device=auto] [handle_impossible_answer=auto] "
-    "[null_score_diff_threshold=X]"
+    f"[batch_size={ANSWER_BATCH_SIZE}] [chunk_size={ANSWER_BATCH_SIZE}] [device=auto] "
+    "[handle_impossible_answer=auto] [null_score_diff_threshold=X]"
 )
 
 
@@ -66,6 +84,7 @@ class PredictConfig:
     max_answer_length: int = MAX_ANSWER_LENGTH
     n_best: int = N_BEST
     batch_size: int = ANSWER_BATCH_SIZE
+    chunk_size: int = ANSWER_BATCH_SIZE  # questions answered (and written) together
     device: str = "auto"  # auto (GPU when there is one), cpu, cuda, cuda:N
     # SQuAD v2.0: auto = on when the checkpoint recorded a null threshold; true; false
     handle_impossible_answer: str = "auto"
@@ -91,6 +110,8 @@ def parse_args(argv: list[str]) -> PredictConfig:
         else:
             values[key] = value
     cfg = PredictConfig(**values)
+    if cfg.chunk_size < 1:
+        raise QAExpError(f"chunk_size={cfg.chunk_size}: must be an integer of at least 1.")
     if cfg.handle_impossible_answer not in IMPOSSIBLE_CHOICES:
         raise QAExpError(
             f"handle_impossible_answer={cfg.handle_impossible_answer}: must be one of "
@@ -133,20 +154,6 @@ def _records_from_json(path: Path, document: object) -> list[object]:
     return document
 
 
-def _read_jsonl(path: Path, text: str) -> list[dict]:
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise QAExpError(
-                f"input={path}: line {number} is not valid JSON ({err.msg}, column {err.colno})."
-            ) from err
-    return records
-
-
 def _as_dataset(path: Path, records: list[object]) -> datasets.Dataset:
     """Records as a Dataset with id/question/context/answers (ids default to positions)."""
     ids, questions, contexts = [], [], []
@@ -160,11 +167,26 @@ def _as_dataset(path: Path, records: list[object]) -> datasets.Dataset:
     return datasets.Dataset.from_dict({"id": ids, "question": questions, "context": contexts})
 
 
-def read_questions(file: str) -> datasets.Dataset:
-    """The questions of `file`: JSON list, JSON lines, or official SQuAD JSON (with answers)."""
+def _read_whole(source: Source, name: str) -> datasets.Dataset:
+    """A streamed file's questions, checked and kept whole (for `read_questions`)."""
+    scan(source, name)
+    return as_examples(list(source()))
+
+
+def _input_path(file: str) -> Path:
     path = Path(file).expanduser()
     if not path.is_file():
         raise QAExpError(f"input={file}: no such file ({path.resolve()}).")
+    return path
+
+
+def read_questions(file: str) -> datasets.Dataset:
+    """The questions of `file`, whole: JSON list, JSON lines, CSV, or official SQuAD JSON
+    (with answers). `python -m qaexp.predict` streams JSON lines and CSV instead."""
+    path = _input_path(file)
+    fmt = stream_format(path)
+    if fmt is not None:
+        return _read_whole(file_questions(path, fmt), file)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -177,7 +199,7 @@ def read_questions(file: str) -> datasets.Dataset:
                 f"input={file} is not valid JSON (line {err.lineno}, column {err.colno}: "
                 f"{err.msg})."
             ) from err
-        document = _read_jsonl(path, text)
+        return _read_whole(file_questions(path, "jsonl"), file)
     if _is_squad_json(document):
         examples = load_squad_json(str(path), "input")
     else:
@@ -185,6 +207,20 @@ def read_questions(file: str) -> datasets.Dataset:
     if len(set(examples["id"])) != len(examples):
         raise QAExpError(f"input={file}: ids must be unique; some ids appear twice.")
     return examples
+
+
+def open_questions(file: str) -> tuple[Source, set[str], datasets.Dataset | None]:
+    """The questions of `file` as a source to answer, their ids (every record checked), and
+    the whole document when it was read whole (JSON, SQuAD JSON: it may hold gold answers)."""
+    path = _input_path(file)
+    fmt = stream_format(path)
+    if fmt is not None:
+        source, examples = file_questions(path, fmt), None
+    else:
+        examples = read_questions(file)
+        source = document_questions(examples)
+    _, ids = scan(source, file)
+    return source, ids, examples
 
 
 def default_output(cfg: PredictConfig) -> Path:
@@ -222,25 +258,49 @@ def show(answers: dict | list) -> None:
         )
 
 
-def answer_file(qa, examples: datasets.Dataset, cfg: PredictConfig) -> Path:
-    """Answer every question of `examples` (read from `cfg.input`); write the predictions
-    (and the n-best lists)."""
-    log.info("Answering %d questions from %s", len(examples), cfg.input)
-    ranked = qa.answer(examples)
+def journal_path(output: Path) -> Path:
+    """Where the answers stream to: ``output`` with ``.jsonl`` for its suffix."""
+    if output.suffix == ".jsonl":
+        return output.with_suffix(".answers.jsonl")
+    return output.with_suffix(".jsonl")
+
+
+def journal_header(cfg: PredictConfig) -> dict:
+    """What makes the answers: a continued run must match it (batch_size, chunk_size and
+    device change only how fast they come)."""
+    checkpoint = Path(cfg.checkpoint).expanduser()
+    return {
+        "input": str(Path(cfg.input).expanduser().resolve()),
+        "checkpoint": str(checkpoint.resolve()) if checkpoint.exists() else cfg.checkpoint,
+        **{
+            key: getattr(cfg, key)
+            for key in (
+                "top_k",
+                "max_length",
+                "stride",
+                "max_answer_length",
+                "n_best",
+                "handle_impossible_answer",
+                "null_score_diff_threshold",
+            )
+        },
+    }
+
+
+def write_predictions(journal: Journal, ids: set[str], cfg: PredictConfig) -> dict[str, str]:
+    """The official ``{id: answer}`` JSON (and the n-best lists), from the journal."""
+    ranked = journal.read(ids)
     predictions = {
         qid: (answers[0]["answer"] if answers else "") for qid, answers in ranked.items()
     }
     output = default_output(cfg)
-    output.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output, predictions)
     log.info("Wrote %d predictions to %s", len(predictions), output)
     if cfg.top_k > 1:
         nbest = output.with_name(f"{output.stem.removesuffix('.predictions')}.nbest.json")
         write_json_atomic(nbest, ranked)
         log.info("Wrote the %d best answers of each question to %s", cfg.top_k, nbest)
-    if "answers" in examples.column_names:
-        log_scores(predictions, {r["id"]: r["answers"]["text"] for r in examples})
-    return output
+    return predictions
 
 
 def log_scores(predictions: dict[str, str], references: dict[str, list[str]]) -> None:
@@ -264,9 +324,11 @@ def log_scores(predictions: dict[str, str], references: dict[str, list[str]]) ->
 def run(cfg: PredictConfig) -> None:
     from qaexp.answering import pipeline  # torch and transformers: only once input is checked
 
-    examples = read_questions(cfg.input) if cfg.input is not None else None  # fail fast
-    if examples is not None:
-        check_writable(default_output(cfg))
+    if cfg.input is not None:  # fail fast: every record, the output, an earlier run's answers
+        source, ids, examples = open_questions(cfg.input)
+        output = default_output(cfg)
+        check_writable(output)
+        journal = Journal.open(journal_path(output), journal_header(cfg))
     device = None if cfg.device == "auto" else cfg.device
     qa = pipeline(
         cfg.checkpoint,
@@ -280,10 +342,14 @@ def run(cfg: PredictConfig) -> None:
         handle_impossible_answer=IMPOSSIBLE_CHOICES[cfg.handle_impossible_answer],
         null_score_diff_threshold=cfg.null_score_diff_threshold,
     )
-    if examples is not None:
-        answer_file(qa, examples, cfg)
-    else:
+    if cfg.input is None:
         show(qa(question=cfg.question, context=cfg.context))
+        return
+    log.info("Answering %d questions from %s", len(ids), cfg.input)
+    answer_stream(qa, source, journal, ids, cfg.chunk_size)
+    predictions = write_predictions(journal, ids, cfg)
+    if examples is not None and "answers" in examples.column_names:
+        log_scores(predictions, {r["id"]: r["answers"]["text"] for r in examples})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -294,6 +360,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         run(parse_args(argv))
+    except RunInterrupted as err:  # Ctrl-C while answering a file: where to continue
+        log.error("%s", err)
+        sys.exit(err.exit_code)
     except QAExpError as err:
         log.error("%s", err)
         sys.exit(2)

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from qaexp.checks import validate_settings
 from qaexp.config import Device, HardwareConfig, MixedPrecision, TrainerConfig
 from qaexp.errors import QAExpError
+from qaexp.training import runtime
 from qaexp.training.runtime import compile_plugin, dataloader_workers, make_accelerator
 from tests.conftest import TINY_RUN, compose, read_jsonl, run_cli
 
@@ -78,7 +79,43 @@ def fresh_accelerator_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def test_bf16_autocast_trains_on_cpu(fresh_accelerator_state):
+@pytest.fixture
+def cpu_with_bf16(monkeypatch):
+    """A CPU with AVX-512 BF16, whatever this one has: the capability check answers yes."""
+    monkeypatch.setattr(runtime, "cpu_bf16_instructions", lambda: ["avx512_bf16"])
+
+
+@pytest.fixture
+def cpu_without_bf16(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_bf16_instructions", lambda: [])
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_refused(cpu_without_bf16):
+    hardware = HardwareConfig(device=Device.cpu, mixed_precision=MixedPrecision.bf16)
+    with pytest.raises(QAExpError) as refused:
+        runtime.resolve_mixed_precision(hardware, "cpu")
+    message = str(refused.value)
+    assert "hardware.mixed_precision=bf16" in message
+    assert "avx512_bf16" in message and "amx_bf16" in message  # the flags it lacks
+    assert "hardware.mixed_precision=no" in message  # what to use instead
+
+
+def test_bf16_on_the_cpu_is_asked_for_never_chosen_by_auto(cpu_with_bf16):
+    auto = HardwareConfig(device=Device.cpu, mixed_precision=MixedPrecision.auto)
+    assert runtime.resolve_mixed_precision(auto, "cpu") == "no"
+    bf16 = HardwareConfig(device=Device.cpu, mixed_precision=MixedPrecision.bf16)
+    assert runtime.resolve_mixed_precision(bf16, "cpu") == "bf16"
+
+
+def test_cpu_bf16_instructions_read_torch_capabilities(monkeypatch):
+    flags = {"avx2": True, "avx512_bf16": False, "amx_bf16": True, "cpu_name": "X"}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+    assert runtime.cpu_bf16_instructions() == ["amx_bf16"]
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True})
+    assert runtime.cpu_bf16_instructions() == []
+
+
+def test_bf16_autocast_trains_on_cpu(fresh_accelerator_state, cpu_with_bf16):
     from qaexp.modeling import load_model
 
     cfg = OmegaConf.to_object(compose(["model=tiny"]))
@@ -99,6 +136,41 @@ def test_bf16_autocast_trains_on_cpu(fresh_accelerator_state):
     assert out.start_logits.dtype == torch.float32  # Accelerate hands back fp32 outputs
     accelerator.backward(out.loss)
     assert torch.isfinite(out.loss) and model.qa_outputs.weight.grad is not None
+
+
+BF16_RUN = [
+    *TINY_RUN,
+    "data.synthetic.train_size=48",
+    "data.synthetic.eval_size=16",
+    "trainer.epochs=1",
+    "hardware.mixed_precision=bf16",
+]
+
+
+def test_bf16_run_says_so_and_repeats_its_numbers(tmp_path, cpu_with_bf16):
+    """A whole run under CPU bf16 autocast: the run block names it, the same seed gives the
+    same losses and scores twice, and they are not fp32's (autocast really ran)."""
+    records = {}
+    for name, extra in (("one", []), ("two", []), ("fp32", ["hardware.mixed_precision=no"])):
+        result = run_cli([*BF16_RUN, *extra, f"hydra.run.dir={name}"], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        records[name] = read_jsonl(tmp_path / name / "metrics.jsonl")
+    log = (tmp_path / "one" / "qaexp.log").read_text()
+    assert "precision bf16 (CPU autocast on avx512_bf16)" in log
+    assert "precision no" in (tmp_path / "fp32" / "qaexp.log").read_text()
+
+    def numbers(run):
+        return [(r["train_loss"], r["exact_match"], r["f1"]) for r in records[run]]
+
+    assert numbers("one") == numbers("two")
+    assert records["one"][-1]["train_loss"] != records["fp32"][-1]["train_loss"]
+
+
+def test_bf16_run_on_a_cpu_without_it_exits_2(tmp_path, cpu_without_bf16):
+    result = run_cli([*BF16_RUN, "hydra.run.dir=run"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "avx512_bf16 nor amx_bf16" in result.stdout + result.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 @pytest.mark.slow

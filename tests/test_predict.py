@@ -81,7 +81,8 @@ def test_reads_official_squad_json_with_answers(tmp_path):
     "name, payload, match",
     [
         ("bad.json", '[{"question": "Who?",\n "context": }]', "not valid JSON (line 2"),
-        ("bad.jsonl", '{"question": "a", "context": "b"}\n{"question": "c"}\n{oops}\n', "line 3"),
+        ("bad.jsonl", '{"question": "a", "context": "b"}\n\n{oops}\n', "line 3 is not valid JSON"),
+        ("nc.jsonl", '{"question": "a", "context": "b"}\n{"question": "c"}\n', "line 2 needs"),
         ("nq.json", [{"question": "Who?", "context": "x"}, {"context": "x"}], "record 1 needs"),
         ("dup.json", [{"id": 1, "question": "a", "context": "b"}] * 2, "unique"),
         ("empty.json", [], "holds no questions"),

@@ -28,6 +28,7 @@ from qaexp.modeling import describe_inputs, describe_model
 from qaexp.tracking import RunLabels, Tracker, make_trackers
 from qaexp.tracking.rundir import EpochStats, RunRecorder
 from qaexp.tracking.trial import TrialPruned, TrialReporter, in_search
+from qaexp.training.runtime import describe_precision
 from qaexp.training.setup import RunData
 from qaexp.training.state import PROGRESS_FILE, STATE_DIR
 
@@ -65,7 +66,8 @@ class RecordedRun:
             f"  cost     {window_cost(counts, cfg.max_length)}",
             f"  model    {describe_inputs(cfg.model)}",
             f"  labels   {self.data.labels.describe() if self.data.labels else 'not checked'}",
-            f"  devices  {acc.device}, precision {acc.mixed_precision}, {processes}",
+            f"  devices  {acc.device}, precision "
+            f"{describe_precision(acc.mixed_precision, acc.device)}, {processes}",
         ]
         if cfg.trainer.epochs:
             accumulation = cfg.trainer.gradient_accumulation_steps

@@ -1,0 +1,1 @@
+"""Serving a trained model: answering question files as a stream (`stream`)."""
