@@ -328,7 +328,7 @@ def run(cfg: PredictConfig) -> None:
         source, ids, examples = open_questions(cfg.input)
         output = default_output(cfg)
         check_writable(output)
-        journal = Journal.open(journal_path(output), journal_header(cfg))
+        journal = Journal.open(journal_path(output), journal_header(cfg), ids)
     device = None if cfg.device == "auto" else cfg.device
     qa = pipeline(
         cfg.checkpoint,
@@ -371,8 +371,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         code = f" ({errno.errorcode.get(err.errno, err.errno)})" if err.errno else ""
         log.error(
-            "Writing %s failed: %s%s; nothing half-written is left there. Free space (or "
-            "choose another output=) and run again.",
+            "Writing %s failed: %s%s. Free space (or choose another output=) and run the "
+            "same command again: it keeps the answers already on disk and drops a "
+            "half-written one; no output file is left half-written.",
             err.filename,
             err.strerror or err,
             code,

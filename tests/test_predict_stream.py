@@ -59,8 +59,10 @@ def journal_lines(path) -> list[dict]:
 
 @pytest.fixture
 def crash_counts(monkeypatch):
-    """Fresh crash-point counts: an in-process run counts its points from 1, as a process."""
+    """Fresh crash points: an in-process run counts its points from 1 and in epoch 0, as a
+    process does (an earlier in-process training run in this worker leaves its last epoch)."""
     monkeypatch.setattr(faults, "_hits", Counter())
+    monkeypatch.setitem(faults._state, "epoch", 0)
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +168,31 @@ def test_a_finished_command_runs_again_without_answering(tiny_qa_checkpoint, tmp
     assert (tmp_path / "q.predictions.jsonl").read_text() == journal  # nothing appended
     assert json.loads((tmp_path / "q.predictions.json").read_text()).keys() == {"q0", "q1"}
 
+    # Other settings after a finished command answer again, as a new command replaces an
+    # output file; the journal then holds the new command's answers only.
+    other = predict(tiny_qa_checkpoint, source, tmp_path, "max_answer_length=5")
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "finished answers of another command (max_answer_length 30 there, 5 now)" in (
+        other.stderr
+    )
+    lines = journal_lines(tmp_path / "q.predictions.jsonl")
+    assert lines[0]["max_answer_length"] == 5 and [r["id"] for r in lines[1:]] == ["q0", "q1"]
+
+
+def test_unfinished_answers_of_other_settings_are_not_mixed(tiny_qa_checkpoint, tmp_path):
+    source = write_jsonl(tmp_path / "q.jsonl", RECORDS[:2])
+    assert predict(tiny_qa_checkpoint, source, tmp_path).returncode == 0
+    write_jsonl(tmp_path / "q.jsonl", RECORDS)  # the file grew: 2 questions are answered
+    journal = (tmp_path / "q.predictions.jsonl").read_text()
     other = predict(tiny_qa_checkpoint, source, tmp_path, "max_answer_length=5")
     assert other.returncode == 2
-    assert "max_answer_length 30 there, 5 now" in other.stderr
+    assert "unfinished answers of another command (max_answer_length 30 there, 5 now)" in (
+        other.stderr
+    )
+    assert (tmp_path / "q.predictions.jsonl").read_text() == journal
+    same = predict(tiny_qa_checkpoint, source, tmp_path)
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert f"Continuing: 2 of {len(RECORDS)} questions already answered" in same.stderr
 
 
 @pytest.mark.parametrize(

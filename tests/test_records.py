@@ -191,7 +191,8 @@ def test_describe_failure_names_a_file_without_an_errno():
 def test_predict_on_a_full_disk_names_the_file_and_leaves_nothing(
     tmp_path, tiny_qa_checkpoint, monkeypatch, caplog
 ):
-    """The output folder passed the check, then the disk filled up while writing."""
+    """The output folder passed the check, then the disk filled up while writing: the
+    answers journal is named; no official output is written; the same command continues."""
     import logging
 
     from qaexp.predict import main
@@ -209,5 +210,9 @@ def test_predict_on_a_full_disk_names_the_file_and_leaves_nothing(
     with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as exit_:
         main(args)
     assert exit_.value.code == 1
-    assert f"Writing {output} failed: No space left on device (ENOSPC)" in caplog.text
-    assert list((tmp_path / "out").iterdir()) == []
+    journal = output.with_suffix(".jsonl")
+    assert f"Writing {journal} failed: No space left on device (ENOSPC)" in caplog.text
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [journal.name]
+    monkeypatch.undo()  # space freed
+    main(args)
+    assert json.loads(output.read_text()).keys() == {"a"}

@@ -2,7 +2,7 @@
 
     source = file_questions(path)              # JSON lines or CSV, one record at a time
     total, ids = scan(source)                  # pass 1: every record checked, nothing kept
-    journal = Journal.open(answers_path, header)  # what an earlier run of the command wrote
+    journal = Journal.open(answers_path, header, ids)  # what an earlier run of the command wrote
     answer_stream(qa, source, journal, total, chunk_size)
     predictions, ranked = journal.read(ids)    # -> the official {id: answer} JSON
 
@@ -171,21 +171,46 @@ class Journal:
         self._fh: IO[str] | None = None
 
     @classmethod
-    def open(cls, path: Path, header: dict) -> Journal:
+    def open(cls, path: Path, header: dict, ids: set[str]) -> Journal:
         """The journal at `path`, with what an earlier run of the same command wrote (a torn
-        last line, from a kill in mid-write, is cut off); refused when another command or
-        other settings wrote it."""
+        last line, from a kill in mid-write, is cut off). Written by other settings: started
+        afresh when that command finished (every id of `ids` answered: its answers were
+        complete, as an output file is replaced by a new command), else refused, since
+        continuing would mix two commands' answers."""
         header = {"qaexp_answers": JOURNAL_VERSION, **header}
         if not path.exists():
             return cls(path, header, set())
-        answered, keep = _read_answered(path, header)
+        answered, keep, changed = _read_answered(path, header)
+        if changed and ids <= answered:
+            log.info(
+                "%s holds the finished answers of another command (%s): answering again",
+                path,
+                changed,
+            )
+            path.unlink()
+            return cls(path, header, set())
+        if changed:
+            raise QAExpError(
+                f"{path} holds the unfinished answers of another command ({changed}); "
+                "continuing would mix them. Run that command again to finish it, delete the "
+                "file to answer everything with these settings, or choose another output=."
+            )
         if keep < path.stat().st_size:
             log.warning("%s ended in a torn line (the last run died writing it): cut off", path)
             os.truncate(path, keep)
         return cls(path, header, answered)
 
     def append(self, answers: list[tuple[str, list[dict]]]) -> None:
-        """Write one chunk's lines, each flushed, then fsync: on disk before the next chunk."""
+        """Write one chunk's lines, each flushed, then fsync: on disk before the next chunk.
+        A failed write (a full disk) is raised naming the journal."""
+        try:
+            self._append(answers)
+        except OSError as err:
+            if err.filename is not None:
+                raise
+            raise OSError(err.errno, err.strerror or str(err), str(self.path)) from err
+
+    def _append(self, answers: list[tuple[str, list[dict]]]) -> None:
         if self._fh is None:
             new = not self.path.exists() or self.path.stat().st_size == 0
             self._fh = self.path.open("a", encoding="utf-8")
@@ -217,9 +242,10 @@ class Journal:
         return ranked
 
 
-def _read_answered(path: Path, header: dict) -> tuple[set[str], int]:
-    """The ids answered in journal `path`, and the length of its whole lines."""
-    answered, keep = set(), 0
+def _read_answered(path: Path, header: dict) -> tuple[set[str], int, str]:
+    """The ids answered in journal `path`, the length of its whole lines, and how the
+    command that wrote it differs from `header` ("" when it does not)."""
+    answered, keep, changed = set(), 0, ""
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
             if not raw.endswith(b"\n"):
@@ -229,7 +255,7 @@ def _read_answered(path: Path, header: dict) -> tuple[set[str], int]:
             except ValueError:
                 record = None
             if number == 1:
-                _check_header(path, record, header)
+                changed = _header_change(path, record, header)
             elif not isinstance(record, dict) or "id" not in record:
                 raise QAExpError(
                     f"{path}: line {number} is not an answer line; the file was edited or is "
@@ -239,24 +265,19 @@ def _read_answered(path: Path, header: dict) -> tuple[set[str], int]:
             else:
                 answered.add(record["id"])
             keep += len(raw)
-    return answered, keep
+    return answered, keep, changed
 
 
-def _check_header(path: Path, found: object, wanted: dict) -> None:
+def _header_change(path: Path, found: object, wanted: dict) -> str:
+    """How the header `found` differs from `wanted`, e.g. "top_k 1 there, 3 now"."""
     if not isinstance(found, dict) or found.get("qaexp_answers") != JOURNAL_VERSION:
         raise QAExpError(
             f"{path} exists but is not a qaexp answers file. Move it away, or choose "
             "another output= (the answers go to <output>.jsonl beside it)."
         )
-    changed = [
+    return "; ".join(
         f"{k} {found.get(k)!r} there, {v!r} now" for k, v in wanted.items() if found.get(k) != v
-    ]
-    if changed:
-        raise QAExpError(
-            f"{path} holds answers from another command ({'; '.join(changed)}); continuing "
-            "would mix them. Delete it to answer everything again with these settings, or "
-            "choose another output=."
-        )
+    )
 
 
 def chunks(questions: Iterable[Question], size: int) -> Iterator[list[Question]]:
