@@ -105,6 +105,7 @@ def test_a_model_without_token_types_exports_without_them(xlmr):
         assert record(folder)["inputs"] == ["input_ids", "attention_mask"]
     int8 = record(xlmr.with_name(xlmr.name + "-onnx-int8"))
     assert int8["quantization"] == "int8" and int8["int8"]["weights"] == "QInt8"
+    assert int8["int8"]["per_channel"] and int8["int8"]["reduce_range"]
     fp32_size = (xlmr.with_name(xlmr.name + "-onnx") / "model.onnx").stat().st_size
     assert int8["model_bytes"] < fp32_size
 
@@ -180,10 +181,10 @@ def test_evaluate_only_on_an_export_names_the_way_to_score_it(bert, tmp_path):
 
 
 def test_a_failed_gate_refuses_with_the_figures_and_leaves_nothing(bert, gate_file):
-    done = export(bert, f"data={gate_file}", "quantize=int8", "max_f1_drop=-1")
+    done = export(bert, f"data={gate_file}", "quantize=int8", "max_f1_drop=-100")
     assert done.returncode == 2
     assert "Export refused" in done.stderr and "PyTorch EM" in done.stderr
-    assert "allowed -1" in done.stderr and "identical answers" in done.stderr
+    assert "allowed -100" in done.stderr and "identical answers" in done.stderr
     assert not bert.with_name("checkpoint-onnx-int8").exists()
     assert not [p for p in bert.parent.iterdir() if p.name.startswith(".")]
 
@@ -191,7 +192,7 @@ def test_a_failed_gate_refuses_with_the_figures_and_leaves_nothing(bert, gate_fi
 def test_a_failed_gate_keeps_the_previous_export(bert, gate_file):
     folder = bert.with_name("checkpoint-onnx")
     before = (folder / "export.json").read_text()
-    done = export(bert, f"data={gate_file}", "max_f1_drop=-1")
+    done = export(bert, f"data={gate_file}", "max_f1_drop=-100")
     assert done.returncode == 2
     assert (folder / "export.json").read_text() == before
 
