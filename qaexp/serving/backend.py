@@ -109,9 +109,9 @@ def open_session(model_file: Path, threads: int | None = None):
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # No busy-waiting between runs: spinning intra-op threads keep the cores after each call,
-    # which on a small shared CPU slows whatever runs next (measured: PyTorch taking turns
-    # with the sessions answered 5x slower at batch 1 until spinning was off).
+    # No busy-waiting between runs: spinning intra-op threads hold the cores for a while
+    # after each call, taken from whatever else runs on a small shared CPU (tokenization and
+    # post-processing between batches, other processes).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
