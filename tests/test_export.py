@@ -239,3 +239,11 @@ def test_backend_onnx_without_an_export_says_how_to_write_one(tiny_qa_checkpoint
 
     with pytest.raises(QAExpError, match="python -m qaexp.export checkpoint="):
         pipeline(tiny_qa_checkpoint, backend="onnx-int8")
+
+
+def test_an_output_folder_that_cannot_be_made_is_named(bert, gate_file, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = export(bert, f"data={gate_file}", f"output={blocker / 'export'}")
+    assert done.returncode == 2 and "cannot write the export there" in done.stderr
+    assert blocker.read_text() == ""

@@ -61,6 +61,12 @@ QUANTIZATIONS = ("none", "int8")
 INT8_OPS = ["MatMul"]
 INT8_PER_CHANNEL = True
 INT8_REDUCE_RANGE = True
+# What to try when the gate refuses an export.
+REFUSED_ADVICE = {
+    "int8": "Export without quantize=int8, or allow a larger drop with max_f1_drop=X.",
+    "none": "An fp32 export should answer as PyTorch does: please report this, with the "
+    "checkpoint's model type; max_f1_drop=X allows a larger drop.",
+}
 # The torch.onnx (dynamo) exporter's ONNX opset.
 OPSET = 18
 # The exported graph takes these inputs (those of them the tokenizer gives).
@@ -204,7 +210,13 @@ def write_export(cfg: ExportConfig, staging: Path) -> GateResult:
     model, tokenizer = load_qa_checkpoint(str(checkpoint), "checkpoint")
     model.eval()
     data = gate_data(checkpoint, tokenizer, cfg.data, cfg.max_examples)  # before any writing
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as err:
+        raise QAExpError(
+            f"{staging.parent}: cannot write the export there ({err.strerror or err}). Choose "
+            "a folder you can write to with output=FOLDER."
+        ) from err
     fp32 = staging / (MODEL_FILE if cfg.quantize == "none" else "fp32.onnx")
     log.info("Exporting %s to ONNX (torch.onnx, dynamo exporter, opset %d)", checkpoint, OPSET)
     inputs = export_onnx(model, tokenizer, fp32)
@@ -218,28 +230,29 @@ def write_export(cfg: ExportConfig, staging: Path) -> GateResult:
         shutil.copy2(checkpoint / NULL_THRESHOLD_FILE, staging / NULL_THRESHOLD_FILE)
     exported = OnnxQuestionAnswering(open_session(staging / MODEL_FILE), inputs)
     result = run_gate(model, exported, tokenizer, data, cfg.max_f1_drop)
-    write_json_atomic(
-        staging / EXPORT_RECORD,
-        {
-            "source_checkpoint": str(checkpoint.resolve()),
-            "opset": opset_of(staging / MODEL_FILE),
-            "quantization": cfg.quantize,
-            "int8": {
-                "op_types": INT8_OPS,
-                "per_channel": INT8_PER_CHANNEL,
-                "reduce_range": INT8_REDUCE_RANGE,
-                "weights": "QInt8",
-            }
-            if cfg.quantize == "int8"
-            else None,
-            "inputs": inputs,
-            "outputs": list(OUTPUT_NAMES),
-            "exporter": f"torch.onnx dynamo (torch {torch.__version__})",
-            "model_bytes": (staging / MODEL_FILE).stat().st_size,
-            "accuracy_check": result.record(),
-        },
-    )
+    write_json_atomic(staging / EXPORT_RECORD, export_record(cfg, staging, inputs, result))
     return result
+
+
+def export_record(cfg: ExportConfig, staging: Path, inputs: list[str], result: GateResult) -> dict:
+    """export.json: where the model comes from, how it was exported, and the accuracy check."""
+    int8 = {
+        "op_types": INT8_OPS,
+        "per_channel": INT8_PER_CHANNEL,
+        "reduce_range": INT8_REDUCE_RANGE,
+        "weights": "QInt8",
+    }
+    return {
+        "source_checkpoint": str(Path(cfg.checkpoint).expanduser().resolve()),
+        "opset": opset_of(staging / MODEL_FILE),
+        "quantization": cfg.quantize,
+        "int8": int8 if cfg.quantize == "int8" else None,
+        "inputs": inputs,
+        "outputs": list(OUTPUT_NAMES),
+        "exporter": f"torch.onnx dynamo (torch {torch.__version__})",
+        "model_bytes": (staging / MODEL_FILE).stat().st_size,
+        "accuracy_check": result.record(),
+    }
 
 
 def check_source(cfg: ExportConfig) -> Path:
@@ -267,8 +280,7 @@ def run(cfg: ExportConfig) -> Path:
         if not result.passed:
             raise QAExpError(
                 f"Export refused: the exported model loses too much accuracy {result.figures()}. "
-                f"Nothing was written. Export without quantize=int8, or allow a larger drop "
-                f"with max_f1_drop=X."
+                f"Nothing was written. {REFUSED_ADVICE[cfg.quantize]}"
             )
         replace_folder(staging, target)
     finally:
