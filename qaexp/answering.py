@@ -55,6 +55,7 @@ from qaexp.evaluation import collect_logits
 from qaexp.features import prepare_eval_features
 from qaexp.modeling import load_qa_checkpoint
 from qaexp.postprocess import postprocess_nbest, postprocess_predictions_v2
+from qaexp.serving.backend import load_export, serving_folder
 from qaexp.tracking.rundir import read_null_threshold
 
 __all__ = ["AnswerSettings", "QuestionAnsweringPipeline", "pipeline"]
@@ -318,10 +319,15 @@ def pipeline(
     checkpoint: str | PathLike | torch.nn.Module,
     tokenizer: str | PreTrainedTokenizerBase | None = None,
     device: str | int | torch.device | None = None,
+    backend: str = "auto",
     **settings: Any,
 ) -> QuestionAnsweringPipeline:
     """A question-answering pipeline for `checkpoint`: a folder written by save_pretrained (a
     qaexp run's checkpoint/), a Hub id, or a loaded QA model (then pass its `tokenizer`).
+
+    An exported folder (`python -m qaexp.export`) answers through ONNX Runtime on the CPU;
+    `backend`: auto (that, else PyTorch), torch, onnx or onnx-int8 (the export written
+    beside `checkpoint`).
 
     `settings` are the defaults of every call: top_k, max_answer_len, max_length (or
     max_seq_len), stride (or doc_stride), n_best, batch_size, handle_impossible_answer,
@@ -334,6 +340,10 @@ def pipeline(
         if tokenizer is None:
             raise QAExpError("A model object needs its tokenizer: pipeline(model, tokenizer=...).")
         model = checkpoint
+    elif (exported := serving_folder(checkpoint, backend)) is not None:
+        model, loaded = load_export(exported)
+        tokenizer, checkpoint = tokenizer or loaded, exported
+        device = onnx_device(device)
     else:
         model, loaded = load_qa_checkpoint(str(checkpoint), "checkpoint")
         tokenizer = tokenizer or loaded
@@ -343,3 +353,13 @@ def pipeline(
     if not isinstance(checkpoint, torch.nn.Module) and Path(checkpoint).is_dir():
         recorded = read_null_threshold(Path(checkpoint))
     return QuestionAnsweringPipeline(model, tokenizer, inference_device(device), chosen, recorded)
+
+
+def onnx_device(device: str | int | torch.device | None) -> str:
+    """An exported model runs on the CPU (ONNX Runtime's CPU provider): auto means cpu."""
+    if device is None or device == "auto" or inference_device(device).type == "cpu":
+        return "cpu"
+    raise QAExpError(
+        f"device={device}: exported (ONNX) models answer on the CPU here; use device=cpu, or "
+        "the PyTorch checkpoint (backend=torch) on the GPU."
+    )

@@ -75,7 +75,8 @@ def collect_logits(
     start = np.full((num_windows, width), -np.inf, dtype=np.float32)
     end = np.full((num_windows, width), -np.inf, dtype=np.float32)
     seen = np.zeros(num_windows, dtype=np.int64)
-    device = next(model.parameters()).device
+    # A model without parameters (an ONNX Runtime session, qaexp.serving) takes CPU batches.
+    device = next(model.parameters(), torch.empty(0)).device
     model.eval()
     show = accelerator is not None and accelerator.is_local_main_process
     with torch.inference_mode():

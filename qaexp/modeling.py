@@ -258,6 +258,7 @@ def check_max_length(cfg: ModelConfig, max_length: int) -> None:
 def model_config(cfg: ModelConfig):
     """The model's config: the checkpoint's, with ``cfg.architecture`` applied for
     init=random; refused when its head is not a question-answering head."""
+    refuse_export(cfg.name_or_path)
     config = _from_pretrained(AutoConfig, cfg.name_or_path, KEY)
     check_qa_config(config, cfg.name_or_path, KEY)
     qa_model_class(config, cfg.name_or_path, KEY)
@@ -294,6 +295,20 @@ def load_model(cfg: ModelConfig) -> PreTrainedModel:
         # transformers' table of the new head's keys goes to qaexp.log (qaexp.console).
         log.info("A fresh QA head was initialised (expected for a base checkpoint).")
     return model
+
+
+def refuse_export(name_or_path: str) -> None:
+    """Runs train and evaluate PyTorch weights: an ONNX export (the folder that
+    `python -m qaexp.export` writes, marked by its export.json) is evaluated elsewhere."""
+    folder = Path(name_or_path).expanduser()
+    if (folder / "export.json").is_file():
+        raise QAExpError(
+            f"model.name_or_path={name_or_path} is an ONNX export (it holds export.json), "
+            "which runs cannot load. Score it on a SQuAD JSON file with python -m "
+            f"qaexp.predict checkpoint={name_or_path} input=DEV.json (EM/F1 against the file's "
+            "answers; its export.json already holds the accuracy check against PyTorch), or "
+            "point model.name_or_path at its source checkpoint."
+        )
 
 
 EMBEDDED_MODEL_NAME = "MiniLM-L6-H384-uncased (embedded)"

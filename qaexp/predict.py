@@ -24,6 +24,10 @@ its null score beats the best span by more than the threshold recorded with it
 (``null_threshold.json``); ``handle_impossible_answer=true|false`` and
 ``null_score_diff_threshold=X`` override that.
 
+A folder written by ``python -m qaexp.export`` answers through ONNX Runtime on the CPU, with
+the same windows and post-processing; ``backend=onnx`` (or ``onnx-int8``) on a checkpoint
+answers with the export beside it, ``backend=torch`` insists on PyTorch.
+
 Arguments are ``key=value`` words, read verbatim: a question or context may hold commas,
 colons, quotes or ``$``, which a Hydra override would try to parse. Bad input gets one
 paragraph on stderr and exit code 2, as in ``python -m qaexp``.
@@ -67,7 +71,8 @@ USAGE = (
     f"[top_k=1] [max_length={MAX_LENGTH}] [stride={STRIDE}] "
     f"[max_answer_length={MAX_ANSWER_LENGTH}] [n_best={N_BEST}] "
     f"[batch_size={ANSWER_BATCH_SIZE}] [chunk_size={ANSWER_BATCH_SIZE}] [device=auto] "
-    "[handle_impossible_answer=auto] [null_score_diff_threshold=X]"
+    "[handle_impossible_answer=auto] [null_score_diff_threshold=X] "
+    "[backend=auto|torch|onnx|onnx-int8]"
 )
 
 
@@ -89,6 +94,9 @@ class PredictConfig:
     # SQuAD v2.0: auto = on when the checkpoint recorded a null threshold; true; false
     handle_impossible_answer: str = "auto"
     null_score_diff_threshold: float | None = None  # None: the checkpoint's recorded one
+    # auto: an exported folder (python -m qaexp.export) via ONNX Runtime, else PyTorch;
+    # torch; onnx / onnx-int8: the export written beside the checkpoint
+    backend: str = "auto"
 
 
 def parse_args(argv: list[str]) -> PredictConfig:
@@ -282,6 +290,7 @@ def journal_header(cfg: PredictConfig) -> dict:
                 "n_best",
                 "handle_impossible_answer",
                 "null_score_diff_threshold",
+                "backend",
             )
         },
     }
@@ -341,6 +350,7 @@ def run(cfg: PredictConfig) -> None:
         batch_size=cfg.batch_size,
         handle_impossible_answer=IMPOSSIBLE_CHOICES[cfg.handle_impossible_answer],
         null_score_diff_threshold=cfg.null_score_diff_threshold,
+        backend=cfg.backend,
     )
     if cfg.input is None:
         show(qa(question=cfg.question, context=cfg.context))

@@ -1,0 +1,249 @@
+"""`python -m qaexp.export` and serving from its folder: the tiny BERT (token types) and a
+tiny XLM-R (none), fp32 and int8; the accuracy gate (passing, and refusing on purpose); the
+pipeline, predict and evaluate-only on an exported folder; missing onnxruntime; bad paths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SMALL_RUN, run_cli, small_config
+from tests.families import build_family_checkpoint
+from tests.test_unicode import squad_json
+
+pytest.importorskip("onnxruntime", reason="the onnx extra: pip install -e '.[dev,onnx]'")
+
+QUESTIONS = [
+    {"question": "Who designed the bridge?", "context": "Clara Holm designed the bridge in 1931."},
+    {"question": "When did it open?", "context": "The bridge opened in 1931 after six years."},
+    {"question": "What is long?", "context": " ".join(["The river is long and wide."] * 80)},
+]
+
+
+def export(checkpoint: Path, *args: str):
+    return run_cli([f"checkpoint={checkpoint}", *args], checkpoint.parent, "qaexp.export")
+
+
+@pytest.fixture(scope="module")
+def gate_file(tmp_path_factory) -> Path:
+    """Twelve synthetic SQuAD questions with answers (the gate's data= file)."""
+    from qaexp.data.synthetic import generate_examples
+
+    path = tmp_path_factory.mktemp("gate") / "dev.json"
+    path.write_text(json.dumps(squad_json(list(generate_examples(12, seed=1, split="validation")))))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory, tiny_qa_checkpoint) -> Path:
+    """The tiny BERT checkpoint inside a run folder whose summary.json names its evaluation
+    data (the synthetic split of tests' small runs), exported fp32 (gated on that data)."""
+    from qaexp.config import as_dict
+
+    run = tmp_path_factory.mktemp("run")
+    checkpoint = run / "checkpoint"
+    shutil.copytree(tiny_qa_checkpoint, checkpoint)
+    config = as_dict(small_config("data.max_eval_samples=12"))
+    (run / "summary.json").write_text(json.dumps({"config": config}))
+    done = export(checkpoint)
+    assert done.returncode == 0, done.stderr
+    return checkpoint
+
+
+@pytest.fixture(scope="module")
+def xlmr(tmp_path_factory, gate_file) -> Path:
+    """A tiny XLM-R (no token_type_ids), exported fp32 and int8 against `gate_file`."""
+    checkpoint = build_family_checkpoint("xlm-roberta", tmp_path_factory.mktemp("x") / "ckpt")
+    for quantize in ("none", "int8"):
+        done = export(checkpoint, f"data={gate_file}", f"quantize={quantize}")
+        assert done.returncode == 0, done.stderr
+    return checkpoint
+
+
+def record(folder: Path) -> dict:
+    return json.loads((folder / "export.json").read_text())
+
+
+def graph_inputs(folder: Path) -> dict[str, list]:
+    import onnx
+
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    return {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in graph.input
+    }
+
+
+def test_export_folder_holds_the_model_tokenizer_and_record(bert):
+    folder = bert.with_name("checkpoint-onnx")
+    names = {p.name for p in folder.iterdir()}
+    assert {"model.onnx", "export.json", "tokenizer.json", "config.json"} <= names
+    rec = record(folder)
+    assert rec["source_checkpoint"] == str(bert.resolve())
+    assert rec["quantization"] == "none" and rec["opset"] >= 17
+    gate = rec["accuracy_check"]
+    assert (
+        gate["passed"] and gate["examples"] == 12 and "the run's evaluation data" in gate["source"]
+    )
+    assert gate["identical_answers"] == 100.0 and gate["f1_drop"] == 0.0
+    assert gate["torch"] == gate["onnx"]
+    # every input has a symbolic batch and sequence axis
+    inputs = graph_inputs(folder)
+    assert sorted(inputs) == ["attention_mask", "input_ids", "token_type_ids"]
+    assert all(isinstance(d, str) for dims in inputs.values() for d in dims)
+    assert not [p for p in bert.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_a_model_without_token_types_exports_without_them(xlmr):
+    for suffix in ("-onnx", "-onnx-int8"):
+        folder = xlmr.with_name(xlmr.name + suffix)
+        assert sorted(graph_inputs(folder)) == ["attention_mask", "input_ids"]
+        assert record(folder)["inputs"] == ["input_ids", "attention_mask"]
+    int8 = record(xlmr.with_name(xlmr.name + "-onnx-int8"))
+    assert int8["quantization"] == "int8" and int8["int8"]["weights"] == "QInt8"
+    assert int8["int8"]["per_channel"] and int8["int8"]["reduce_range"]
+    fp32_size = (xlmr.with_name(xlmr.name + "-onnx") / "model.onnx").stat().st_size
+    assert int8["model_bytes"] < fp32_size
+
+
+def answers(qa) -> list[list[dict]]:
+    return qa(QUESTIONS, top_k=3)
+
+
+@pytest.mark.parametrize("which", ["bert", "xlmr"])
+def test_fp32_export_answers_as_pytorch_does_through_the_pipeline(which, request):
+    from qaexp.answering import pipeline
+
+    checkpoint = request.getfixturevalue(which)
+    torch_answers = answers(pipeline(checkpoint, device="cpu"))
+    for qa in (
+        pipeline(checkpoint.with_name(checkpoint.name + "-onnx")),
+        pipeline(checkpoint, backend="onnx"),
+    ):
+        onnx_answers = answers(qa)
+        assert [[a["answer"] for a in r] for r in onnx_answers] == [
+            [a["answer"] for a in r] for r in torch_answers
+        ]
+        for got, want in zip(onnx_answers, torch_answers, strict=True):
+            assert [a["score"] for a in got] == pytest.approx([a["score"] for a in want], rel=1e-4)
+
+
+def test_int8_export_logits_stay_close_to_pytorch(xlmr, gate_file):
+    import datasets
+    import numpy as np
+
+    from qaexp.answering import pipeline
+    from qaexp.features import prepare_eval_features
+
+    torch_qa = pipeline(xlmr, device="cpu")
+    int8_qa = pipeline(xlmr, backend="onnx-int8")
+    examples = datasets.Dataset.from_list([dict(q, id=str(i)) for i, q in enumerate(QUESTIONS)])
+    features = datasets.Dataset.from_dict(
+        prepare_eval_features(examples.to_dict(), torch_qa.tokenizer, 384, 128)
+    )
+    want, _ = torch_qa.window_logits(features, 8, 384)
+    got, _ = int8_qa.window_logits(features, 8, 384)
+    real = np.isfinite(want)
+    assert (np.isfinite(got) == real).all()
+    error = np.abs(got[real] - want[real]).max()
+    assert 0 < error < 0.05 * np.abs(want[real]).max()  # quantized, not equal; but close
+    gate = record(xlmr.with_name(xlmr.name + "-onnx-int8"))["accuracy_check"]
+    assert gate["passed"] and gate["f1_drop"] <= 0.5
+
+
+def test_predict_answers_a_file_from_the_export_as_from_the_checkpoint(bert, gate_file, tmp_path):
+    outputs = {}
+    for name, args in {
+        "torch": [f"checkpoint={bert}"],
+        "folder": [f"checkpoint={bert.with_name('checkpoint-onnx')}"],
+        "backend": [f"checkpoint={bert}", "backend=onnx"],
+    }.items():
+        out = tmp_path / f"{name}.json"
+        done = run_cli([*args, f"input={gate_file}", f"output={out}"], tmp_path, "qaexp.predict")
+        assert done.returncode == 0, done.stderr
+        outputs[name] = json.loads(out.read_text())
+    assert len(outputs["torch"]) == 12
+    assert outputs["folder"] == outputs["torch"] == outputs["backend"]
+
+
+def test_evaluate_only_on_an_export_names_the_way_to_score_it(bert, tmp_path):
+    folder = bert.with_name("checkpoint-onnx")
+    done = run_cli(
+        [*SMALL_RUN, f"model.name_or_path={folder}", "trainer.epochs=0", "hydra.run.dir=run"],
+        tmp_path,
+    )
+    assert done.returncode == 2
+    assert "is an ONNX export" in done.stderr and "qaexp.predict" in done.stderr
+
+
+def test_a_failed_gate_refuses_with_the_figures_and_leaves_nothing(bert, gate_file):
+    done = export(bert, f"data={gate_file}", "quantize=int8", "max_f1_drop=-100")
+    assert done.returncode == 2
+    assert "Export refused" in done.stderr and "PyTorch EM" in done.stderr
+    assert "allowed -100" in done.stderr and "identical answers" in done.stderr
+    assert not bert.with_name("checkpoint-onnx-int8").exists()
+    assert not [p for p in bert.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_a_failed_gate_keeps_the_previous_export(bert, gate_file):
+    folder = bert.with_name("checkpoint-onnx")
+    before = (folder / "export.json").read_text()
+    done = export(bert, f"data={gate_file}", "max_f1_drop=-100")
+    assert done.returncode == 2
+    assert (folder / "export.json").read_text() == before
+
+
+def test_missing_onnxruntime_gets_the_install_paragraph(bert, monkeypatch):
+    from qaexp.answering import pipeline
+    from qaexp.errors import QAExpError
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now fails
+    done = export(bert, "quantize=int8")
+    assert done.returncode == 2
+    assert 'pip install -e ".[onnx]"' in done.stderr and "onnxruntime" in done.stderr
+    assert not bert.with_name("checkpoint-onnx-int8").exists()
+    with pytest.raises(QAExpError, match="onnxruntime"):
+        pipeline(bert.with_name("checkpoint-onnx"))
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["checkpoint=nowhere/checkpoint"], "checkpoint=nowhere/checkpoint: no such folder"),
+        (["checkpoint=ck", "quantize=int4"], "quantize=int4: must be one of none, int8"),
+        (["checkpoint=ck", "max_f1_drop=half"], "max_f1_drop=half: must be a finite number"),
+        (["quantize=int8"], "checkpoint=PATH is required"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_paragraph(args, says, tmp_path):
+    done = run_cli(args, tmp_path, "qaexp.export")
+    assert done.returncode == 2 and says in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_outside_a_run_needs_data(tiny_qa_checkpoint, tmp_path):
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny_qa_checkpoint, checkpoint)
+    done = export(checkpoint)
+    assert done.returncode == 2 and "pass data=FILE" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_backend_onnx_without_an_export_says_how_to_write_one(tiny_qa_checkpoint):
+    from qaexp.answering import pipeline
+    from qaexp.errors import QAExpError
+
+    with pytest.raises(QAExpError, match="python -m qaexp.export checkpoint="):
+        pipeline(tiny_qa_checkpoint, backend="onnx-int8")
+
+
+def test_an_output_folder_that_cannot_be_made_is_named(bert, gate_file, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = export(bert, f"data={gate_file}", f"output={blocker / 'export'}")
+    assert done.returncode == 2 and "cannot write the export there" in done.stderr
+    assert blocker.read_text() == ""
