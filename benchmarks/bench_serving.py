@@ -10,7 +10,7 @@ change of load on a shared machine hit all three alike.
     python benchmarks/bench_serving.py --checkpoint ... --n 200 --latency-n 50
 
 The exports are written beside the checkpoint when missing (the export's own accuracy gate
-runs on the first --gate-n dev questions). Goal (issue 25): int8 >= 2.5x PyTorch's
+runs on the first --gate-n dev questions). Goal: int8 >= 2.5x PyTorch's
 questions/s with F1 within 1 point. Compare the rows of one run, not runs on different days.
 """
 

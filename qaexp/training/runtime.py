@@ -48,7 +48,7 @@ def cpu_bf16_instructions() -> list[str]:
 def resolve_mixed_precision(cfg: HardwareConfig, device: str) -> str:
     """'no', 'fp16' or 'bf16' for the device; an impossible request is an error.
 
-    ``auto`` is fp32 on a CPU even where it has bf16 instructions: the issue allows bf16 there
+    ``auto`` is fp32 on a CPU even where it has bf16 instructions: bf16 becomes the default there
     only once F1 is shown to stay within seed noise, a measurement still to take (docs/speed.md).
     """
     wanted = cfg.mixed_precision
