@@ -17,18 +17,23 @@ SQUAD_DIR = Path(os.environ.get("QAEXP_SQUAD_DIR") or REPO.parent / "shared" / "
 CONF_DIR = REPO / "conf"
 
 
+# The second lane: the cluster tier, which mostly waits on SLURM (begin-time delays, a
+# 3-minute time limit), and the multi-process and crash tiers beside it, about a third of the
+# suite's time in all (pytest's slowest-durations list in CI's log shows the split).
+SECOND_LANE = ("tests/cluster/", "tests/test_distributed.py", "tests/test_crash.py")
+
+
 def pytest_xdist_make_scheduler(config, log):
-    """Two lanes under pytest-xdist (`-n 2`, the default in pyproject.toml): the cluster tier,
-    which mostly waits on SLURM (begin-time delays, a 3-minute time limit), runs in one worker
-    while every other test runs, in its usual order, in the other. Each lane is one process as
-    in a plain run, so session and module fixtures are built once; `-n 0` runs everything in
-    this process. (A scheduler, not `--dist loadgroup`: loadgroup's group suffix no longer
-    reaches the scheduler with current pytest, and the tests were spread round-robin.)"""
+    """Two lanes under pytest-xdist (`-n 2`, the default in pyproject.toml): SECOND_LANE's
+    files in one worker while every other test runs, in its usual order, in the other. Each
+    lane is one process as in a plain run, so session and module fixtures are built once;
+    `-n 0` runs everything in this process. (A scheduler, not `--dist loadgroup`: with pytest
+    9.2 loadgroup's group suffix never reaches the scheduler, and tests went round-robin.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class TwoLanes(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "cluster" if nodeid.startswith("tests/cluster/") else "main"
+            return "second" if nodeid.startswith(SECOND_LANE) else "main"
 
     return TwoLanes(config, log)
 
