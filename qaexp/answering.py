@@ -51,8 +51,7 @@ from qaexp.checks import check_windows
 from qaexp.config import ANSWER_BATCH_SIZE, MAX_ANSWER_LENGTH, MAX_LENGTH, N_BEST, STRIDE
 from qaexp.data import question_record
 from qaexp.errors import QAExpError
-from qaexp.evaluation import collect_logits
-from qaexp.features import prepare_eval_features
+from qaexp.evaluation import answer_windows, collect_logits
 from qaexp.modeling import load_qa_checkpoint
 from qaexp.postprocess import postprocess_nbest, postprocess_predictions_v2
 from qaexp.serving.backend import load_export, serving_folder
@@ -266,11 +265,9 @@ class QuestionAnsweringPipeline:
             return {}
         max_length, stride = s.windows(self.tokenizer)
         check_windows(examples["question"], self.tokenizer, max_length, stride, "input")
-        batch = examples.select_columns(["id", "question", "context"]).to_dict()
-        features = datasets.Dataset.from_dict(
-            prepare_eval_features(batch, self.tokenizer, max_length, stride)
+        features, start, end = answer_windows(
+            self.model, self.tokenizer, examples, max_length, stride, s.batch_size
         )
-        start, end = self.window_logits(features, s.batch_size, max_length)
         nbest = postprocess_nbest(
             examples,
             features,

@@ -13,7 +13,8 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from qaexp.batching import WINDOW_INDEX
+from qaexp.batching import WINDOW_INDEX, make_eval_loader
+from qaexp.features import prepare_eval_features
 from qaexp.metrics import squad_metrics, squad_v2_metrics
 from qaexp.postprocess import postprocess_answers
 
@@ -58,6 +59,25 @@ class AnswerSearch:
     max_answer_length: int
     unanswerable: bool = False
     null_score_diff_threshold: float = 0.0
+
+
+def answer_windows(
+    model: torch.nn.Module,
+    tokenizer,
+    examples: datasets.Dataset,
+    max_length: int,
+    stride: int,
+    batch_size: int,
+) -> tuple[datasets.Dataset, np.ndarray, np.ndarray]:
+    """`examples` (columns id, question, context) cut into eval windows, and every window's
+    start and end logits from `model`: what the pipeline and an export's gate search."""
+    columns = examples.select_columns(["id", "question", "context"]).to_dict()
+    features = datasets.Dataset.from_dict(
+        prepare_eval_features(columns, tokenizer, max_length, stride)
+    )
+    loader = make_eval_loader(features, tokenizer, batch_size, max_length)
+    start, end = collect_logits(model, loader, len(features), max_length)
+    return features, start, end
 
 
 def collect_logits(

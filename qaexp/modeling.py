@@ -297,11 +297,19 @@ def load_model(cfg: ModelConfig) -> PreTrainedModel:
     return model
 
 
+# What marks a folder as an ONNX export (`python -m qaexp.export`): its record of the source,
+# the opset and the accuracy gate.
+EXPORT_RECORD = "export.json"
+
+
+def is_export(folder: str | Path) -> bool:
+    return (Path(folder).expanduser() / EXPORT_RECORD).is_file()
+
+
 def refuse_export(name_or_path: str) -> None:
     """Runs train and evaluate PyTorch weights: an ONNX export (the folder that
     `python -m qaexp.export` writes, marked by its export.json) is evaluated elsewhere."""
-    folder = Path(name_or_path).expanduser()
-    if (folder / "export.json").is_file():
+    if is_export(name_or_path):
         raise QAExpError(
             f"model.name_or_path={name_or_path} is an ONNX export (it holds export.json), "
             "which runs cannot load. Score it on a SQuAD JSON file with python -m "

@@ -15,8 +15,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
 from qaexp.errors import QAExpError
+from qaexp.modeling import EXPORT_RECORD, is_export
 
-EXPORT_RECORD = "export.json"  # what marks a folder as an export (source, opset, the gate)
 MODEL_FILE = "model.onnx"
 OUTPUT_NAMES = ("start_logits", "end_logits")
 # backend= values: which model answers. auto: an exported folder through ONNX Runtime, a
@@ -46,10 +46,6 @@ def require_onnx(purpose: str, extra: tuple[str, ...] = ()) -> None:
             'not installed. Install qaexp\'s onnx extra: pip install -e ".[onnx]" (or pip '
             f"install {' '.join(missing)}), then run the command again."
         )
-
-
-def is_export(folder: str | Path) -> bool:
-    return (Path(folder).expanduser() / EXPORT_RECORD).is_file()
 
 
 def export_folder(checkpoint: str | Path, quantize: str) -> Path:

@@ -29,14 +29,12 @@ import torch
 
 from qaexp.console import ConsoleFilter, quiet_libraries
 from qaexp.errors import QAExpError
-from qaexp.modeling import load_qa_checkpoint
+from qaexp.modeling import EXPORT_RECORD, is_export, load_qa_checkpoint
 from qaexp.serving.backend import (
-    EXPORT_RECORD,
     MODEL_FILE,
     OUTPUT_NAMES,
     OnnxQuestionAnswering,
     export_folder,
-    is_export,
     open_session,
     require_onnx,
 )

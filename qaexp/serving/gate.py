@@ -14,7 +14,6 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from qaexp.batching import make_eval_loader
 from qaexp.checks import check_windows
 from qaexp.config import (
     ANSWER_BATCH_SIZE,
@@ -26,8 +25,7 @@ from qaexp.config import (
 )
 from qaexp.data import load_raw_datasets, load_squad_json
 from qaexp.errors import QAExpError
-from qaexp.evaluation import AnswerSearch, EvalResult, collect_logits, score_logits
-from qaexp.features import prepare_eval_features
+from qaexp.evaluation import AnswerSearch, EvalResult, answer_windows, score_logits
 from qaexp.tracking.rundir import read_null_threshold
 
 log = logging.getLogger(__name__)
@@ -104,12 +102,9 @@ def evaluate_model(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, data: GateData
 ) -> EvalResult:
     """EM/F1 and answers of `model` on the gate's questions (CPU), as evaluation computes them."""
-    columns = data.examples.select_columns(["id", "question", "context"]).to_dict()
-    features = datasets.Dataset.from_dict(
-        prepare_eval_features(columns, tokenizer, data.max_length, data.stride)
+    features, start, end = answer_windows(
+        model, tokenizer, data.examples, data.max_length, data.stride, ANSWER_BATCH_SIZE
     )
-    loader = make_eval_loader(features, tokenizer, ANSWER_BATCH_SIZE, data.max_length)
-    start, end = collect_logits(model, loader, len(features), data.max_length)
     references = {r["id"]: r["answers"]["text"] for r in data.examples}
     return score_logits(data.examples, features, start, end, references, data.search)
 
