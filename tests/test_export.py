@@ -247,3 +247,75 @@ def test_an_output_folder_that_cannot_be_made_is_named(bert, gate_file, tmp_path
     done = export(bert, f"data={gate_file}", f"output={blocker / 'export'}")
     assert done.returncode == 2 and "cannot write the export there" in done.stderr
     assert blocker.read_text() == ""
+
+
+def attention_nodes(folder: Path) -> list:
+    import onnx
+
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    return [n for n in graph.node if n.domain == "com.microsoft" and "Attention" in n.op_type]
+
+
+def test_exports_fuse_attention_with_the_padding_mask_and_int8_quantizes_it(xlmr):
+    from qaexp.serving.fusion import MASK_INDEX
+
+    fp32 = xlmr.with_name(xlmr.name + "-onnx")
+    fused = record(fp32)["onnxruntime_fusion"]
+    assert fused["attention_mask_index"] and fused["fusions"]["attention"] == 1
+    nodes = attention_nodes(fp32)
+    assert [n.op_type for n in nodes] == ["Attention"]
+    assert list(nodes[0].input)[3:] == [MASK_INDEX]  # the mask, no additive bias
+    # int8: the query/key/value projection is quantized too (QAttention), with the same mask
+    int8 = attention_nodes(xlmr.with_name(xlmr.name + "-onnx-int8"))
+    assert [n.op_type for n in int8] == ["QAttention"] and MASK_INDEX in int8[0].input
+
+
+@pytest.fixture
+def raw_export(xlmr, tmp_path) -> tuple[Path, list[str], int]:
+    """The tiny XLM-R as torch's exporter writes it, before the fusions."""
+    from qaexp.modeling import load_qa_checkpoint
+    from qaexp.serving.export import export_onnx
+
+    model, tokenizer = load_qa_checkpoint(str(xlmr), "checkpoint")
+    path = tmp_path / "exported.onnx"
+    return path, export_onnx(model.eval(), tokenizer, path), model.config.vocab_size
+
+
+def test_a_mask_index_that_changes_the_logits_keeps_the_attention_bias(raw_export, monkeypatch):
+    import onnx
+
+    from qaexp.serving import fusion
+
+    source, inputs, vocab = raw_export
+    target = source.with_name("fused.onnx")
+    monkeypatch.setattr(fusion, "PROBE_TOLERANCE", -1.0)  # any difference, even none, is too much
+    report = fusion.fuse(source, target, inputs, vocab)
+    assert not report.mask_index and "changed the logits" in report.note
+    (node,) = [n for n in onnx.load(str(target)).graph.node if n.op_type == "Attention"]
+    assert fusion.MASK_INDEX not in node.input and node.input[5]  # the bias is kept
+    assert sorted(p.name for p in source.parent.iterdir()) == ["exported.onnx", "fused.onnx"]
+
+
+def test_the_probe_sees_a_difference_between_two_graphs(xlmr):
+    from qaexp.serving.fusion import probe_difference
+
+    fp32 = xlmr.with_name(xlmr.name + "-onnx") / "model.onnx"
+    int8 = xlmr.with_name(xlmr.name + "-onnx-int8") / "model.onnx"
+    inputs = ["input_ids", "attention_mask"]
+    assert probe_difference(fp32, fp32, inputs, 600) == 0.0
+    assert probe_difference(fp32, int8, inputs, 600) > 1e-3
+
+
+def test_a_failing_fusion_exports_the_graph_unfused(bert, gate_file, tmp_path, monkeypatch):
+    from qaexp.serving import export as export_module
+
+    def broken(*args):
+        raise RuntimeError("pattern matcher gave up")
+
+    monkeypatch.setattr(export_module, "fuse", broken)
+    folder = export_module.run(
+        export_module.ExportConfig(str(bert), data=str(gate_file), output=str(tmp_path / "out"))
+    )
+    fused = record(folder)["onnxruntime_fusion"]
+    assert not fused["attention_mask_index"] and "pattern matcher gave up" in fused["note"]
+    assert attention_nodes(folder) == [] and record(folder)["accuracy_check"]["passed"]

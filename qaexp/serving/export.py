@@ -38,6 +38,7 @@ from qaexp.serving.backend import (
     open_session,
     require_onnx,
 )
+from qaexp.serving.fusion import FusionReport, fuse
 from qaexp.serving.gate import GateResult, gate_data, run_gate
 from qaexp.tracking.rundir import NULL_THRESHOLD_FILE, write_json_atomic
 
@@ -49,14 +50,15 @@ USAGE = (
 )
 QUANTIZATIONS = ("none", "int8")
 # The int8 recipe (measured in benchmarks/bench_serving.py): dynamic quantization of the
-# MatMul weights (QInt8, one scale per output channel); activations are quantized per batch
-# at run time. Embedding lookups (Gather) stay fp32: quantizing them saves size, not time.
+# MatMul weights and of the fused Attention's query/key/value weights (QAttention), QInt8 with
+# one scale per output channel; activations are quantized per batch at run time. Embedding
+# lookups (Gather) stay fp32: quantizing them saves size, not time.
 # reduce_range: 7-bit weights. Without VNNI (AVX2 CPUs such as this project's) the u8 x s8
 # products saturate in 16 bits (onnxruntime's quantize_dynamic docstring: "may improve the
 # accuracy ... on non-VNNI machine, especially for per-channel mode"): the quickstart MiniLM
 # kept F1 32.99 vs fp32 32.53 on 100 SQuAD dev questions with it, 30.05 without (75% of
 # answers identical instead of 80%); per-tensor scales reached 29.64 (25.25 with 7 bits).
-INT8_OPS = ["MatMul"]
+INT8_OPS = ["MatMul", "Attention"]
 INT8_PER_CHANNEL = True
 INT8_REDUCE_RANGE = True
 # What to try when the gate refuses an export.
@@ -181,7 +183,8 @@ def export_onnx(model: torch.nn.Module, tokenizer, path: Path) -> list[str]:
 
 
 def quantize_int8(source: Path, target: Path) -> None:
-    """Dynamic int8 quantization of `source`'s MatMul weights into `target`."""
+    """Dynamic int8 quantization of `source`'s MatMul and Attention weights into `target`."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with silenced():
@@ -192,7 +195,22 @@ def quantize_int8(source: Path, target: Path) -> None:
             per_channel=INT8_PER_CHANNEL,
             reduce_range=INT8_REDUCE_RANGE,
             weight_type=QuantType.QInt8,
+            # The fused ops' outputs (com.microsoft domain) have no inferred type: float.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
+
+
+def fused_export(source: Path, target: Path, inputs: list[str], vocab_size: int) -> FusionReport:
+    """`source` fused for ONNX Runtime into `target`. The fusions are a speed-up, not a
+    requirement: when onnxscript cannot fuse a graph, the export goes on unfused and says so
+    (the accuracy gate checks whatever is served)."""
+    try:
+        with silenced():
+            return fuse(source, target, inputs, vocab_size)
+    except Exception as err:  # a library's failure on an unfamiliar graph: any type
+        log.warning("The ONNX Runtime fusions failed (%s); exporting the graph unfused.", err)
+        shutil.copy2(source, target)
+        return FusionReport({}, False, f"fusions failed: {str(err)[:300]}")
 
 
 def opset_of(path: Path) -> int:
@@ -215,24 +233,38 @@ def write_export(cfg: ExportConfig, staging: Path) -> GateResult:
             f"{staging.parent}: cannot write the export there ({err.strerror or err}). Choose "
             "a folder you can write to with output=FOLDER."
         ) from err
-    fp32 = staging / (MODEL_FILE if cfg.quantize == "none" else "fp32.onnx")
+    raw, fp32 = staging / "exported.onnx", staging / "fused.onnx"
     log.info("Exporting %s to ONNX (torch.onnx, dynamo exporter, opset %d)", checkpoint, OPSET)
-    inputs = export_onnx(model, tokenizer, fp32)
+    inputs = export_onnx(model, tokenizer, raw)
+    fusion = fused_export(raw, fp32, inputs, model.config.vocab_size)
+    raw.unlink()
+    log.info("Fused for ONNX Runtime: %s", fusion_summary(fusion))
     if cfg.quantize == "int8":
         log.info("Quantizing to int8 (dynamic, %s weights per channel, 7 bits)", "/".join(INT8_OPS))
         quantize_int8(fp32, staging / MODEL_FILE)
         fp32.unlink()
+    else:
+        fp32.rename(staging / MODEL_FILE)
     tokenizer.save_pretrained(staging)
     model.config.save_pretrained(staging)
     if (checkpoint / NULL_THRESHOLD_FILE).is_file():
         shutil.copy2(checkpoint / NULL_THRESHOLD_FILE, staging / NULL_THRESHOLD_FILE)
     exported = OnnxQuestionAnswering(open_session(staging / MODEL_FILE), inputs)
     result = run_gate(model, exported, tokenizer, data, cfg.max_f1_drop)
-    write_json_atomic(staging / EXPORT_RECORD, export_record(cfg, staging, inputs, result))
+    record = export_record(cfg, staging, inputs, fusion, result)
+    write_json_atomic(staging / EXPORT_RECORD, record)
     return result
 
 
-def export_record(cfg: ExportConfig, staging: Path, inputs: list[str], result: GateResult) -> dict:
+def fusion_summary(report: FusionReport) -> str:
+    fused = ", ".join(f"{name} {n}" for name, n in report.fusions.items()) or "nothing fused"
+    mask = "attention mask as mask_index" if report.mask_index else report.note
+    return f"{fused}; {mask}" if mask else fused
+
+
+def export_record(
+    cfg: ExportConfig, staging: Path, inputs: list[str], fusion: FusionReport, result: GateResult
+) -> dict:
     """export.json: where the model comes from, how it was exported, and the accuracy check."""
     int8 = {
         "op_types": INT8_OPS,
@@ -248,6 +280,7 @@ def export_record(cfg: ExportConfig, staging: Path, inputs: list[str], result: G
         "inputs": inputs,
         "outputs": list(OUTPUT_NAMES),
         "exporter": f"torch.onnx dynamo (torch {torch.__version__})",
+        "onnxruntime_fusion": fusion.record(),
         "model_bytes": (staging / MODEL_FILE).stat().st_size,
         "accuracy_check": result.record(),
     }
