@@ -108,7 +108,10 @@ def run_labels(hydra_cfg: DictConfig) -> RunLabels:
 def run(cfg: DictConfig) -> float:
     """Run one job and return its best F1 (what a Hydra sweeper optimises)."""
     from qaexp.launch import run_job
+    from qaexp.modeling import serve_exports_with
+    from qaexp.serving.backend import export_model
 
+    serve_exports_with(export_model)  # trainer.epochs=0 on an ONNX export's folder
     settings: QAExpConfig = OmegaConf.to_object(cfg)
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)

@@ -3,10 +3,13 @@ initialised architectures for tests."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from transformers import (
     AutoConfig,
     AutoModelForQuestionAnswering,
@@ -188,12 +191,17 @@ def choose_attention(cfg: ModelConfig, config) -> str:
 
 
 def describe_inputs(cfg: ModelConfig) -> str:
-    """The run block's model line: the attention implementation and the token types."""
+    """The run block's model line: the attention implementation and the token types (for an
+    ONNX export: its quantization, answered by ONNX Runtime)."""
     config = model_config(cfg)
+    types = "token_type_ids" if uses_token_types(config) else "no token_type_ids"
+    if is_export(cfg.name_or_path):
+        record = json.loads((Path(cfg.name_or_path).expanduser() / EXPORT_RECORD).read_text())
+        quantization = record.get("quantization", "unknown")
+        return f"ONNX export (quantization {quantization}), answered by ONNX Runtime, {types}"
     supported = attention_implementations(qa_model_class(config, cfg.name_or_path, KEY))
     chosen = choose_attention(cfg, config)
     how = "set" if cfg.attn_implementation else "chosen"
-    types = "token_type_ids" if uses_token_types(config) else "no token_type_ids"
     return f"attention {chosen} ({how}; supports {', '.join(supported)}), {types}"
 
 
@@ -256,9 +264,9 @@ def check_max_length(cfg: ModelConfig, max_length: int) -> None:
 
 
 def model_config(cfg: ModelConfig):
-    """The model's config: the checkpoint's, with ``cfg.architecture`` applied for
-    init=random; refused when its head is not a question-answering head."""
-    refuse_export(cfg.name_or_path)
+    """The model's config: the checkpoint's (an ONNX export's config.json too), with
+    ``cfg.architecture`` applied for init=random; refused when its head is not a
+    question-answering head."""
     config = _from_pretrained(AutoConfig, cfg.name_or_path, KEY)
     check_qa_config(config, cfg.name_or_path, KEY)
     qa_model_class(config, cfg.name_or_path, KEY)
@@ -285,6 +293,8 @@ def load_model(cfg: ModelConfig) -> PreTrainedModel:
     """The QA model: pretrained weights (a fresh QA head when the checkpoint has none), or a
     random initialisation of the checkpoint's architecture with ``cfg.architecture`` applied."""
     config = model_config(cfg)  # refuses a head that is not a QA head before loading weights
+    if is_export(cfg.name_or_path):
+        return load_export_model(cfg.name_or_path)
     kwargs = {"attn_implementation": choose_attention(cfg, config)}
     if cfg.init == ModelInit.random:
         return AutoModelForQuestionAnswering.from_config(config, **kwargs)
@@ -306,17 +316,29 @@ def is_export(folder: str | Path) -> bool:
     return (Path(folder).expanduser() / EXPORT_RECORD).is_file()
 
 
-def refuse_export(name_or_path: str) -> None:
-    """Runs train and evaluate PyTorch weights: an ONNX export (the folder that
-    `python -m qaexp.export` writes, marked by its export.json) is evaluated elsewhere."""
-    if is_export(name_or_path):
+# How a run loads an ONNX export as its model (trainer.epochs=0): qaexp.serving's ONNX Runtime
+# session, handed over by the entry point (qaexp.__main__), which sits above the serving
+# package; the layers below it never import serving.
+_export_loader: Callable[[str], torch.nn.Module] | None = None
+
+
+def serve_exports_with(loader: Callable[[str], torch.nn.Module] | None) -> None:
+    """Let runs evaluate ONNX exports: `loader(folder)` returns the export as a model."""
+    global _export_loader
+    _export_loader = loader
+
+
+def load_export_model(name_or_path: str) -> torch.nn.Module:
+    """The export in `name_or_path` as a model answering ``model(**batch)``; refused where no
+    loader was handed over (a process not started by ``python -m qaexp``)."""
+    if _export_loader is None:
         raise QAExpError(
-            f"model.name_or_path={name_or_path} is an ONNX export (it holds export.json), "
-            "which runs cannot load. Score it on a SQuAD JSON file with python -m "
-            f"qaexp.predict checkpoint={name_or_path} input=DEV.json (EM/F1 against the file's "
-            "answers; its export.json already holds the accuracy check against PyTorch), or "
-            "point model.name_or_path at its source checkpoint."
+            f"model.name_or_path={name_or_path} is an ONNX export (it holds {EXPORT_RECORD}), "
+            "which only python -m qaexp trainer.epochs=0 evaluates. Score it with python -m "
+            f"qaexp.predict checkpoint={name_or_path} input=DEV.json, or point "
+            "model.name_or_path at its source checkpoint."
         )
+    return _export_loader(name_or_path)
 
 
 EMBEDDED_MODEL_NAME = "MiniLM-L6-H384-uncased (embedded)"

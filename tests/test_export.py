@@ -1,6 +1,7 @@
 """`python -m qaexp.export` and serving from its folder: the tiny BERT (token types) and a
 tiny XLM-R (none), fp32 and int8; the accuracy gate (passing, and refusing on purpose); the
-pipeline, predict and evaluate-only on an exported folder; missing onnxruntime; bad paths."""
+pipeline, predict and evaluate-only runs on an exported folder; the ONNX Runtime fusions;
+missing onnxruntime; bad paths."""
 
 from __future__ import annotations
 
@@ -170,14 +171,67 @@ def test_predict_answers_a_file_from_the_export_as_from_the_checkpoint(bert, gat
     assert outputs["folder"] == outputs["torch"] == outputs["backend"]
 
 
-def test_evaluate_only_on_an_export_names_the_way_to_score_it(bert, tmp_path):
-    folder = bert.with_name("checkpoint-onnx")
-    done = run_cli(
-        [*SMALL_RUN, f"model.name_or_path={folder}", "trainer.epochs=0", "hydra.run.dir=run"],
-        tmp_path,
+def test_evaluate_only_on_an_export_scores_it_as_its_source(bert, tmp_path):
+    """`trainer.epochs=0` on the fp32 export: a whole run folder, answers equal to PyTorch's."""
+    runs = {}
+    for name, model in {"export": bert.with_name("checkpoint-onnx"), "torch": bert}.items():
+        done = run_cli(
+            [
+                *SMALL_RUN,
+                "model.init=pretrained",
+                f"model.name_or_path={model}",
+                "trainer.epochs=0",
+                f"hydra.run.dir={name}",
+            ],
+            tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        runs[name] = tmp_path / name
+    assert (
+        "ONNX export (quantization none), answered by ONNX Runtime"
+        in (runs["export"] / "qaexp.log").read_text()
     )
-    assert done.returncode == 2
-    assert "is an ONNX export" in done.stderr and "qaexp.predict" in done.stderr
+    assert (runs["export"] / "predictions.json").read_text() == (
+        runs["torch"] / "predictions.json"
+    ).read_text()
+    scores = [json.loads((runs[n] / "summary.json").read_text()) for n in runs]
+    assert scores[0]["best_f1"] == scores[1]["best_f1"] is not None
+    assert (runs["export"] / "answers.jsonl").is_file()
+    assert not (runs["export"] / "checkpoint").exists()
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("trainer.epochs=1", "trainer.epochs=1 trains PyTorch weights"),
+        ("model.init=random", "model.init=random would replace the export's weights"),
+        ("trainer.engine=hf", "trainer.engine=hf: the Trainer takes PyTorch models only"),
+        ("trainer.save_checkpoint=last", "trainer.save_checkpoint=last would copy"),
+        ("hub.push=true", "hub.push=true uploads PyTorch weights"),
+        ("hardware.num_processes=2", "hardware.num_processes=2: an ONNX Runtime session"),
+    ],
+)
+def test_a_run_on_an_export_refuses_what_needs_pytorch_weights(bert, override, says):
+    from qaexp.errors import QAExpError
+    from qaexp.training.setup import check_export_run
+
+    folder = bert.with_name("checkpoint-onnx")
+    settings = ["model.init=pretrained", "trainer.epochs=0", override]
+    cfg = small_config(f"model.name_or_path={folder}", *settings)
+    with pytest.raises(QAExpError, match=f"{folder} is an ONNX export") as err:
+        check_export_run(cfg)
+    assert says in str(err.value)
+    check_export_run(small_config(f"model.name_or_path={bert}", "model.init=pretrained", override))
+
+
+def test_an_export_outside_python_m_qaexp_is_refused_with_the_way_to_score_it(bert):
+    from qaexp.errors import QAExpError
+    from qaexp.modeling import load_export_model, serve_exports_with
+
+    serve_exports_with(None)
+    with pytest.raises(QAExpError, match="qaexp.predict checkpoint=") as err:
+        load_export_model(str(bert.with_name("checkpoint-onnx")))
+    assert "trainer.epochs=0" in str(err.value)
 
 
 def test_a_failed_gate_refuses_with_the_figures_and_leaves_nothing(bert, gate_file):
@@ -319,3 +373,25 @@ def test_a_failing_fusion_exports_the_graph_unfused(bert, gate_file, tmp_path, m
     fused = record(folder)["onnxruntime_fusion"]
     assert not fused["attention_mask_index"] and "pattern matcher gave up" in fused["note"]
     assert attention_nodes(folder) == [] and record(folder)["accuracy_check"]["passed"]
+
+
+def test_a_squad_v2_checkpoint_keeps_its_null_threshold_in_the_export(
+    tiny_qa_checkpoint, gate_file, tmp_path
+):
+    """The threshold a SQuAD v2.0 run chose travels with the export and decides its answers:
+    one so low that "no answer" beats every span empties every answer, on both backends."""
+    from qaexp.answering import pipeline
+    from qaexp.tracking.rundir import NULL_THRESHOLD_FILE, read_null_threshold
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny_qa_checkpoint, checkpoint)
+    before = [a["answer"] for a in pipeline(checkpoint, device="cpu")(QUESTIONS)]
+    assert all(before)  # without a threshold every question gets a span
+    threshold = {"null_score_diff_threshold": -1e9}
+    (checkpoint / NULL_THRESHOLD_FILE).write_text(json.dumps(threshold))
+    done = export(checkpoint, f"data={gate_file}")
+    assert done.returncode == 0, done.stderr
+    folder = checkpoint.with_name("checkpoint-onnx")
+    assert read_null_threshold(folder) == -1e9
+    for qa in (pipeline(checkpoint, device="cpu"), pipeline(folder)):
+        assert [a["answer"] for a in qa(QUESTIONS)] == ["", "", ""]

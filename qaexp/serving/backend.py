@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
 from qaexp.errors import QAExpError
@@ -82,12 +82,13 @@ def serving_folder(checkpoint: str | Path, backend: str) -> Path | None:
 class OnnxQuestionAnswering(torch.nn.Module):
     """An ONNX Runtime session answering the call a QA model answers: ``model(**batch)`` with
     the tokenizer's inputs, returning start and end logits. It has no parameters; its batches
-    stay on the CPU, where the session runs."""
+    stay on the CPU, where the session runs. `config`: the source model's (config.json)."""
 
-    def __init__(self, session, input_names: list[str]):
+    def __init__(self, session, input_names: list[str], config=None):
         super().__init__()
         self.session = session
         self.input_names = input_names
+        self.config = config
 
     def forward(self, **batch: torch.Tensor) -> QuestionAnsweringModelOutput:
         feeds = {name: batch[name].cpu().numpy().astype(np.int64) for name in self.input_names}
@@ -120,11 +121,9 @@ def open_session(model_file: Path, threads: int | None = None):
         ) from err
 
 
-def load_export(
-    folder: str | Path, threads: int | None = None
-) -> tuple[OnnxQuestionAnswering, PreTrainedTokenizerBase]:
-    """The exported model of `folder` and its tokenizer, which yields exactly the graph's
-    inputs (no token_type_ids for a model that has none)."""
+def export_model(folder: str | Path, threads: int | None = None) -> OnnxQuestionAnswering:
+    """The exported model of `folder`: what a run evaluating the export loads
+    (qaexp.modeling.serve_exports_with)."""
     folder = Path(folder).expanduser()
     model_file = folder / MODEL_FILE
     if not model_file.is_file():
@@ -133,7 +132,17 @@ def load_export(
             "with python -m qaexp.export."
         )
     session = open_session(model_file, threads)
-    graph_inputs = [i.name for i in session.get_inputs()]
+    config = AutoConfig.from_pretrained(str(folder))
+    return OnnxQuestionAnswering(session, [i.name for i in session.get_inputs()], config)
+
+
+def load_export(
+    folder: str | Path, threads: int | None = None
+) -> tuple[OnnxQuestionAnswering, PreTrainedTokenizerBase]:
+    """The exported model of `folder` and its tokenizer, which yields exactly the graph's
+    inputs (no token_type_ids for a model that has none)."""
+    folder = Path(folder).expanduser()
+    model = export_model(folder, threads)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as err:
@@ -142,13 +151,13 @@ def load_export(
             "again with python -m qaexp.export."
         ) from err
     produced = set(tokenizer.model_input_names)
-    if not set(graph_inputs) <= produced:
+    if not set(model.input_names) <= produced:
         raise QAExpError(
-            f"{model_file} takes {graph_inputs}, but its tokenizer gives "
+            f"{folder / MODEL_FILE} takes {model.input_names}, but its tokenizer gives "
             f"{sorted(produced)}; export the checkpoint again with python -m qaexp.export."
         )
-    tokenizer.model_input_names = [n for n in tokenizer.model_input_names if n in graph_inputs]
-    return OnnxQuestionAnswering(session, graph_inputs), tokenizer
+    tokenizer.model_input_names = [n for n in tokenizer.model_input_names if n in model.input_names]
+    return model, tokenizer
 
 
 def read_export_record(folder: str | Path) -> dict:

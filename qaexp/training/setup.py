@@ -18,11 +18,26 @@ from transformers import PreTrainedTokenizerBase
 from qaexp.batching import make_eval_loader
 from qaexp.caches import content_fingerprint
 from qaexp.checks import validate_settings, validate_windows
-from qaexp.config import DataConfig, DataSource, ModelInit, QAExpConfig
+from qaexp.config import (
+    CheckpointPolicy,
+    DataConfig,
+    DataSource,
+    ModelInit,
+    QAExpConfig,
+    TrainerEngine,
+)
 from qaexp.data import SPLITS, check_answers, check_examples, load_raw_datasets
 from qaexp.data.sources import FILE_SPLIT_KEYS
+from qaexp.errors import QAExpError
 from qaexp.features import LABEL_CHECK_COLUMNS, build_features
-from qaexp.modeling import check_max_length, describe_model, is_qa_checkpoint, load_tokenizer
+from qaexp.modeling import (
+    EXPORT_RECORD,
+    check_max_length,
+    describe_model,
+    is_export,
+    is_qa_checkpoint,
+    load_tokenizer,
+)
 from qaexp.tracking.share import check_push_settings
 from qaexp.training.labels import (
     LabelCheck,
@@ -72,7 +87,47 @@ class RunData:
 def check_run_settings(cfg: QAExpConfig) -> None:
     """Checks that need only the config and the environment (run once, before any data)."""
     validate_settings(cfg)
+    check_export_run(cfg)
     check_push_settings(cfg)  # a missing Hub token fails here, not after training
+
+
+def check_export_run(cfg: QAExpConfig) -> None:
+    """An ONNX export (`python -m qaexp.export`) is evaluated, in one process, by the
+    Accelerate loop; it has no PyTorch weights to train, keep or upload."""
+    name = cfg.model.name_or_path
+    if not is_export(name):
+        return
+    source = f"its source checkpoint (source_checkpoint in {name}/{EXPORT_RECORD})"
+    refusals = [
+        (
+            cfg.trainer.epochs > 0,
+            f"trainer.epochs={cfg.trainer.epochs} trains PyTorch weights, which an export has "
+            f"not: set trainer.epochs=0 to evaluate the export, or train {source}",
+        ),
+        (
+            cfg.model.init == ModelInit.random,
+            "model.init=random would replace the export's weights: use model.init=pretrained",
+        ),
+        (
+            cfg.trainer.engine != TrainerEngine.accelerate,
+            "trainer.engine=hf: the Trainer takes PyTorch models only; use "
+            "trainer.engine=accelerate",
+        ),
+        (
+            cfg.trainer.save_checkpoint == CheckpointPolicy.last,
+            "trainer.save_checkpoint=last would copy PyTorch weights the export has not; the "
+            "export folder is already the model (use best or none)",
+        ),
+        (cfg.hub.push, f"hub.push=true uploads PyTorch weights: push {source} instead"),
+        (
+            cfg.hardware.num_processes != 1,
+            f"hardware.num_processes={cfg.hardware.num_processes}: an ONNX Runtime session "
+            "answers on this machine's CPU, in one process (use 1)",
+        ),
+    ]
+    for refused, why in refusals:
+        if refused:
+            raise QAExpError(f"model.name_or_path={name} is an ONNX export; {why}.")
 
 
 def load_inputs(cfg: QAExpConfig) -> tuple[PreTrainedTokenizerBase, datasets.DatasetDict, bool]:
