@@ -6,6 +6,7 @@ missing onnxruntime; bad paths."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -395,3 +396,48 @@ def test_a_squad_v2_checkpoint_keeps_its_null_threshold_in_the_export(
     assert read_null_threshold(folder) == -1e9
     for qa in (pipeline(checkpoint, device="cpu"), pipeline(folder)):
         assert [a["answer"] for a in qa(QUESTIONS)] == ["", "", ""]
+
+
+def test_an_export_finishing_while_another_lands_replaces_it(tmp_path, monkeypatch):
+    """Two exports of one checkpoint: the other puts its folder in place between this one's
+    two renames; this one sets it aside too and lands, leaving nothing else behind."""
+    from qaexp.serving.export import replace_folder
+
+    target = tmp_path / "checkpoint-onnx"
+    target.mkdir()
+    (target / "model.onnx").write_text("older")
+    staging = tmp_path / ".checkpoint-onnx.staging-1"
+    staging.mkdir()
+    (staging / "model.onnx").write_text("mine")
+    rename, raced = Path.rename, []
+
+    def racing_rename(self, destination):
+        if self == staging and not raced:  # the other export lands first
+            raced.append(destination)
+            Path(destination).mkdir()
+            (Path(destination) / "model.onnx").write_text("theirs")
+        return rename(self, destination)
+
+    monkeypatch.setattr(Path, "rename", racing_rename)
+    replace_folder(staging, target)
+    assert raced and (target / "model.onnx").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-onnx"]
+
+
+def test_a_killed_export_s_staging_folder_goes_at_the_next_export(bert, gate_file):
+    import subprocess
+
+    from qaexp.serving.export import remove_stale_staging
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], stdout=-1)
+    dead_pid = int(gone.stdout)
+    target = bert.with_name("checkpoint-onnx")
+    stale = [target.with_name(f".checkpoint-onnx.{kind}-{dead_pid}") for kind in ("staging", "old")]
+    live = target.with_name(f".checkpoint-onnx.staging-{os.getpid()}")  # an export still running
+    for folder in [*stale, live]:
+        folder.mkdir()
+        (folder / "model.onnx").write_text("half")
+    remove_stale_staging(target)
+    assert not any(folder.exists() for folder in stale)
+    assert live.is_dir()
+    shutil.rmtree(live)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -67,6 +68,8 @@ REFUSED_ADVICE = {
     "none": "An fp32 export should answer as PyTorch does: please report this, with the "
     "checkpoint's model type; max_f1_drop=X allows a larger drop.",
 }
+# Tries at putting the export in place while other exports of the checkpoint do the same.
+RENAME_ATTEMPTS = 5
 # The torch.onnx (dynamo) exporter's ONNX opset.
 OPSET = 18
 # The exported graph takes these inputs (those of them the tokenizer gives).
@@ -305,6 +308,7 @@ def run(cfg: ExportConfig) -> Path:
     """Export, gate, and move the export into place; returns its folder."""
     require_onnx("python -m qaexp.export", extra=("onnx", "onnxscript"))
     target = check_source(cfg)
+    remove_stale_staging(target)
     staging = target.with_name(f".{target.name}.staging-{os.getpid()}")
     try:
         result = write_export(cfg, staging)
@@ -323,12 +327,45 @@ def run(cfg: ExportConfig) -> Path:
 
 def replace_folder(staging: Path, target: Path) -> None:
     """Put `staging` at `target`: a rename; an older export there is set aside first and
-    removed after."""
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    removed after. Two exports of one checkpoint finishing together both succeed, the later
+    one's folder staying (they hold the same export): when the other puts its folder at
+    `target` between the two renames, it is set aside in turn."""
+    for attempt in range(RENAME_ATTEMPTS):
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{attempt}")
+        with contextlib.suppress(FileNotFoundError):  # another export moved it first
+            target.rename(old)
+        try:
+            staging.rename(target)
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            continue
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+        return
+    raise QAExpError(
+        f"{target}: another process kept writing an export there; run the export again."
+    )
+
+
+def remove_stale_staging(target: Path) -> None:
+    """The staging and set-aside folders of exports that were killed (their process is gone):
+    hidden folders beside `target` named after the process."""
+    for folder in target.parent.glob(f".{target.name}.*-*"):
+        kind, _, rest = folder.name[len(target.name) + 2 :].partition("-")
+        pid = rest.split("-")[0]
+        if kind in ("staging", "old") and pid.isdigit() and not process_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
