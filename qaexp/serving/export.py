@@ -56,9 +56,11 @@ QUANTIZATIONS = ("none", "int8")
 # lookups (Gather) stay fp32: quantizing them saves size, not time.
 # reduce_range: 7-bit weights. Without VNNI (AVX2 CPUs such as this project's) the u8 x s8
 # products saturate in 16 bits (onnxruntime's quantize_dynamic docstring: "may improve the
-# accuracy ... on non-VNNI machine, especially for per-channel mode"): the quickstart MiniLM
-# kept F1 32.99 vs fp32 32.53 on 100 SQuAD dev questions with it, 30.05 without (75% of
-# answers identical instead of 80%); per-tensor scales reached 29.64 (25.25 with 7 bits).
+# accuracy ... on non-VNNI machine, especially for per-channel mode"): with MatMul weights
+# alone (before the graph was fused) the quickstart MiniLM kept F1 32.99 vs fp32 32.53 on 100
+# SQuAD dev questions with it, 30.05 without (75% of answers identical instead of 80%);
+# per-tensor scales reached 29.64 (25.25 with 7 bits). With QAttention too: F1 42.0 vs 41.8 on
+# 1,000 questions (docs/speed.md).
 INT8_OPS = ["MatMul", "Attention"]
 INT8_PER_CHANNEL = True
 INT8_REDUCE_RANGE = True
