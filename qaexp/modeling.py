@@ -196,8 +196,7 @@ def describe_inputs(cfg: ModelConfig) -> str:
     config = model_config(cfg)
     types = "token_type_ids" if uses_token_types(config) else "no token_type_ids"
     if is_export(cfg.name_or_path):
-        record = json.loads((Path(cfg.name_or_path).expanduser() / EXPORT_RECORD).read_text())
-        quantization = record.get("quantization", "unknown")
+        quantization = read_export_record(cfg.name_or_path).get("quantization", "unknown")
         return f"ONNX export (quantization {quantization}), answered by ONNX Runtime, {types}"
     supported = attention_implementations(qa_model_class(config, cfg.name_or_path, KEY))
     chosen = choose_attention(cfg, config)
@@ -314,6 +313,10 @@ EXPORT_RECORD = "export.json"
 
 def is_export(folder: str | Path) -> bool:
     return (Path(folder).expanduser() / EXPORT_RECORD).is_file()
+
+
+def read_export_record(folder: str | Path) -> dict:
+    return json.loads((Path(folder).expanduser() / EXPORT_RECORD).read_text())
 
 
 # How a run loads an ONNX export as its model (trainer.epochs=0): qaexp.serving's ONNX Runtime

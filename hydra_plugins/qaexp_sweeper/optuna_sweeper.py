@@ -48,6 +48,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.qaexp_sweeper.space import SearchSpace, override_value, search_space
+from qaexp.tracking.lock import process_exists
 from qaexp.tracking.rundir import SUMMARY_FILE, write_json_atomic, write_text_atomic
 from qaexp.tracking.trial import PRUNED_ATTR, PRUNER_ATTR, STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 
@@ -317,12 +318,8 @@ def owner_gone(owner: dict | None) -> bool:
     if not owner or owner.get("host") != socket.gethostname():
         return False
     pid = int(owner["pid"])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not process_exists(pid):
         return True
-    except PermissionError:
-        pass  # a process of another user holds the pid
     now, then = started(pid), owner.get("started")
     return now == "exited" or (None not in (now, then) and now != then)
 

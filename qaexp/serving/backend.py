@@ -6,7 +6,6 @@ answer from it with the windows, batching and n-best search they use for PyTorch
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +157,3 @@ def load_export(
         )
     tokenizer.model_input_names = [n for n in tokenizer.model_input_names if n in model.input_names]
     return model, tokenizer
-
-
-def read_export_record(folder: str | Path) -> dict:
-    return json.loads((Path(folder).expanduser() / EXPORT_RECORD).read_text())

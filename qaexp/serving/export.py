@@ -41,6 +41,7 @@ from qaexp.serving.backend import (
 )
 from qaexp.serving.fusion import FusionReport, fuse
 from qaexp.serving.gate import GateResult, gate_data, run_gate
+from qaexp.tracking.lock import process_exists
 from qaexp.tracking.rundir import NULL_THRESHOLD_FILE, write_json_atomic
 
 log = logging.getLogger("qaexp.export")
@@ -358,16 +359,6 @@ def remove_stale_staging(target: Path) -> None:
         pid = rest.split("-")[0]
         if kind in ("staging", "old") and pid.isdigit() and not process_exists(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -234,3 +234,14 @@ def busy_message(path: Path, record: dict | None, orphaned: bool = False) -> str
         "lock of a process that has ended is free at once; on NFS the lock of a machine that "
         "died is freed when its lease expires."
     )
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process of this host has `pid` (any user's: a pid it may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
